@@ -1,0 +1,425 @@
+#include "index/radix_index.h"
+
+#include <algorithm>
+#include <mutex>
+#include <set>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+namespace kvtier {
+namespace {
+
+bool ValidTier(TierId tier) { return static_cast<unsigned>(tier) < static_cast<unsigned>(kTierCount); }
+
+std::string TierError(TierId tier) {
+  return "radix index: tier " + std::to_string(static_cast<unsigned>(tier)) + " is not a tier; use 0.." +
+         std::to_string(kTierCount - 1);
+}
+
+// Bytes glibc malloc takes for a request of n bytes: an 8-byte header, 16-byte
+// granularity, 32 bytes at least.
+constexpr size_t MallocBytes(size_t n) { return std::max<size_t>(32, (n + 8 + 15) & ~size_t{15}); }
+
+}  // namespace
+
+// Layout: one Node per cached chunk, owned by `nodes` (an unordered_map, so a Node
+// never moves and Node* stays valid until the chunk is removed). The tree is threaded
+// through the nodes as intrusive parent / first-child / sibling pointers; the root is
+// implicit (parent == nullptr) and its children are the list at `root_first`.
+//
+// Leaf sets: for each tier t, `leaves[t]` holds exactly the t-leaves, ordered by
+// (filed tick, deeper first, address). Match touches last_access under the shared lock
+// without re-filing, so a node's filed tick can only lag behind its last_access; every
+// tick stored by Match is drawn after the shared lock was taken, hence after every
+// filing. LruLeaves re-files stale entries as it meets them, which gives exact LRU order
+// at the cost of one re-file per touched leaf. Ties (the chunks of one Match share its
+// tick) go to the deeper chunk first: it serves fewer prompts than its prefix.
+struct RadixIndex::Impl {
+  struct Node {
+    ChunkKey key;
+    // Guarded by mu: written under the exclusive lock, read under either.
+    Node* parent = nullptr;  // null: a child of the root
+    Node* first_child = nullptr;
+    Node* next_sibling = nullptr;
+    Node* prev_sibling = nullptr;
+    uint64_t filed_tick = 0;  // key of this node in every leaves[t] with t in leaf_in
+    uint32_t depth = 0;       // 0 for a child of the root
+    uint32_t children_in[kTierCount] = {};  // children resident in each tier
+    TierMask residency = 0;
+    TierMask leaf_in = 0;  // tiers whose leaf set holds this node
+    // Atomics: changed under the shared lock too (Match, Pin, Unpin); stable under the
+    // exclusive lock.
+    std::atomic<uint64_t> last_access{0};
+    std::atomic<uint32_t> pins{0};
+  };
+
+  struct LeafKey {
+    uint64_t tick;
+    uint32_t depth;
+    Node* node;
+  };
+  struct LeafOrder {
+    bool operator()(const LeafKey& a, const LeafKey& b) const noexcept {
+      if (a.tick != b.tick) return a.tick < b.tick;
+      if (a.depth != b.depth) return a.depth > b.depth;
+      return std::less<Node*>()(a.node, b.node);
+    }
+  };
+  using LeafSet = std::set<LeafKey, LeafOrder>;
+
+  explicit Impl(LogicalClock* c) : clock(c) {}
+
+  // Constant after construction.
+  LogicalClock* const clock;
+
+  mutable std::shared_mutex mu;
+  // Guarded by mu (the maps and sets change only under the exclusive lock).
+  std::unordered_map<ChunkKey, Node, ChunkKeyHash> nodes;
+  Node* root_first = nullptr;  // list of the root's children
+  LeafSet leaves[kTierCount];
+  size_t resident[kTierCount] = {};
+
+  Node* Find(const ChunkKey& key) {
+    auto it = nodes.find(key);
+    return it == nodes.end() ? nullptr : &it->second;
+  }
+  const Node* Find(const ChunkKey& key) const {
+    auto it = nodes.find(key);
+    return it == nodes.end() ? nullptr : &it->second;
+  }
+
+  // Preorder successor of n within the subtree of top (top == nullptr: the whole tree).
+  static Node* NextPreorder(Node* n, const Node* top) {
+    if (n->first_child != nullptr) return n->first_child;
+    while (n != top) {
+      if (n->next_sibling != nullptr) return n->next_sibling;
+      n = n->parent;
+    }
+    return nullptr;
+  }
+  static Node* FirstPostorder(Node* n) {
+    while (n->first_child != nullptr) n = n->first_child;
+    return n;
+  }
+  // Postorder successor within the subtree of top; never reads a node it returned before.
+  static Node* NextPostorder(Node* n, const Node* top) {
+    if (n == top) return nullptr;
+    if (n->next_sibling != nullptr) return FirstPostorder(n->next_sibling);
+    return n->parent;
+  }
+
+  // Adds n to leaves[t]. May throw std::bad_alloc, leaving n as it was.
+  void File(Node* n, int t) {
+    if (n->leaf_in == 0) n->filed_tick = n->last_access.load(std::memory_order_relaxed);
+    leaves[t].insert(LeafKey{n->filed_tick, n->depth, n});
+    n->leaf_in |= static_cast<TierMask>(1u << t);
+  }
+  void Unfile(Node* n, int t) noexcept {
+    leaves[t].erase(LeafKey{n->filed_tick, n->depth, n});
+    n->leaf_in &= static_cast<TierMask>(~(1u << t));
+  }
+  // Moves n to `tick` in every leaf set holding it; reuses the set nodes (no allocation).
+  void Refile(Node* n, uint64_t tick) noexcept {
+    const LeafKey old{n->filed_tick, n->depth, n};
+    for (int t = 0; t < kTierCount; ++t) {
+      if ((n->leaf_in & (1u << t)) == 0) continue;
+      auto handle = leaves[t].extract(old);
+      handle.value().tick = tick;
+      leaves[t].insert(std::move(handle));
+    }
+    n->filed_tick = tick;
+  }
+
+  void LinkChild(Node* parent, Node* n) noexcept {
+    Node*& first = parent != nullptr ? parent->first_child : root_first;
+    n->next_sibling = first;
+    n->prev_sibling = nullptr;
+    if (first != nullptr) first->prev_sibling = n;
+    first = n;
+  }
+  void Unlink(Node* n) noexcept {
+    if (n->prev_sibling != nullptr) {
+      n->prev_sibling->next_sibling = n->next_sibling;
+    } else if (n->parent != nullptr) {
+      n->parent->first_child = n->next_sibling;
+    } else {
+      root_first = n->next_sibling;
+    }
+    if (n->next_sibling != nullptr) n->next_sibling->prev_sibling = n->prev_sibling;
+    n->next_sibling = n->prev_sibling = nullptr;
+  }
+
+  // Makes n resident in t. Strong guarantee on std::bad_alloc.
+  void AddTier(Node* n, int t) {
+    const auto bit = static_cast<TierMask>(1u << t);
+    if ((n->residency & bit) != 0) return;
+    if (n->children_in[t] == 0) File(n, t);
+    n->residency |= bit;
+    ++resident[t];
+    if (Node* p = n->parent; p != nullptr && p->children_in[t]++ == 0 && (p->leaf_in & bit) != 0) Unfile(p, t);
+  }
+
+  // Removes t from n, which keeps another tier. Strong guarantee on std::bad_alloc.
+  void DropTier(Node* n, int t) {
+    const auto bit = static_cast<TierMask>(1u << t);
+    Node* p = n->parent;
+    if (p != nullptr && (p->residency & bit) != 0 && p->children_in[t] == 1) File(p, t);
+    if ((n->leaf_in & bit) != 0) Unfile(n, t);
+    n->residency &= static_cast<TierMask>(~bit);
+    --resident[t];
+    if (p != nullptr) --p->children_in[t];
+  }
+
+  void Destroy(Node* n) noexcept {
+    for (int t = 0; t < kTierCount; ++t) {
+      if ((n->leaf_in & (1u << t)) != 0) Unfile(n, t);
+      if ((n->residency & (1u << t)) != 0) --resident[t];
+    }
+    const ChunkKey key = n->key;
+    nodes.erase(key);
+  }
+
+  // Removes top and its subtree, or returns Busy and changes nothing.
+  // Strong guarantee on std::bad_alloc.
+  Status RemoveSubtree(Node* top, std::vector<RemovedChunk>* removed) {
+    size_t count = 0;
+    for (Node* n = top; n != nullptr; n = NextPreorder(n, top)) {
+      const uint32_t pins = n->pins.load(std::memory_order_relaxed);
+      if (pins != 0) {
+        std::string msg = "radix index: chunk " + n->key.ToHex() + " is pinned by " + std::to_string(pins) +
+                          " reader(s)";
+        if (n != top) msg += " below chunk " + top->key.ToHex();
+        return Status::Busy(msg + "; retry once they unpin");
+      }
+      ++count;
+    }
+    if (removed != nullptr) removed->reserve(removed->size() + count);
+
+    // The parent becomes a t-leaf for each tier t where top was its last t-resident child.
+    Node* p = top->parent;
+    TierMask filed = 0;
+    if (p != nullptr) {
+      try {
+        for (int t = 0; t < kTierCount; ++t) {
+          const auto bit = static_cast<TierMask>(1u << t);
+          if ((top->residency & bit) != 0 && (p->residency & bit) != 0 && p->children_in[t] == 1) {
+            File(p, t);
+            filed |= bit;
+          }
+        }
+      } catch (...) {
+        for (int t = 0; t < kTierCount; ++t) {
+          if ((filed & (1u << t)) != 0) Unfile(p, t);
+        }
+        throw;
+      }
+      for (int t = 0; t < kTierCount; ++t) {
+        if ((top->residency & (1u << t)) != 0) --p->children_in[t];
+      }
+    }
+
+    if (removed != nullptr) {
+      for (Node* n = top; n != nullptr; n = NextPreorder(n, top)) removed->push_back({n->key, n->residency});
+    }
+    Unlink(top);
+    for (Node* n = FirstPostorder(top); n != nullptr;) {
+      Node* next = NextPostorder(n, top);
+      Destroy(n);
+      n = next;
+    }
+    return Status::OK();
+  }
+};
+
+RadixIndex::RadixIndex(LogicalClock* clock) : impl_(std::make_unique<Impl>(clock)) {}
+
+RadixIndex::~RadixIndex() = default;
+
+// Entries of `residency` past the match are 0. One tick is drawn per call, and only when
+// a chunk matched; all matched chunks get it.
+size_t RadixIndex::Match(std::span<const ChunkKey> keys, const MatchOptions& opts,
+                         std::vector<TierMask>* residency) {
+  if (residency != nullptr) residency->assign(keys.size(), 0);
+  std::shared_lock lock(impl_->mu);
+  uint64_t tick = 0;
+  const Impl::Node* prev = nullptr;
+  size_t i = 0;
+  for (; i < keys.size(); ++i) {
+    auto it = impl_->nodes.find(keys[i]);
+    if (it == impl_->nodes.end()) break;
+    Impl::Node& n = it->second;
+    if (n.parent != prev || (n.residency & opts.tiers) == 0) break;
+    if (residency != nullptr) (*residency)[i] = n.residency;
+    if (opts.touch) {
+      if (tick == 0) tick = impl_->clock->Tick();  // drawn under the lock: see Impl
+      n.last_access.store(tick, std::memory_order_relaxed);
+    }
+    if (opts.pin) n.pins.fetch_add(1, std::memory_order_relaxed);
+    prev = &n;
+  }
+  return i;
+}
+
+Status RadixIndex::Insert(const std::optional<ChunkKey>& parent, const ChunkKey& key, TierId tier) {
+  if (!ValidTier(tier)) return Status::InvalidArgument(TierError(tier));
+  const int t = static_cast<int>(tier);
+  std::unique_lock lock(impl_->mu);
+  Impl::Node* p = nullptr;
+  if (parent.has_value()) {
+    p = impl_->Find(*parent);
+    if (p == nullptr) {
+      return Status::NotFound("radix index: parent chunk " + parent->ToHex() + " of chunk " + key.ToHex() +
+                              " is not cached; insert the parent first");
+    }
+  }
+  if (Impl::Node* n = impl_->Find(key); n != nullptr) {
+    if (n->parent != p) {
+      auto name = [](const Impl::Node* x) { return x != nullptr ? "chunk " + x->key.ToHex() : std::string("the root"); };
+      return Status::Corruption("radix index: chunk " + key.ToHex() + " is cached under " + name(n->parent) +
+                                ", not under " + name(p) +
+                                " (hash collision, or the caller passed the wrong parent)");
+    }
+    impl_->AddTier(n, t);
+    return Status::OK();
+  }
+
+  const uint64_t tick = impl_->clock->Tick();
+  auto [it, inserted] = impl_->nodes.try_emplace(key);
+  Impl::Node* n = &it->second;
+  n->key = key;
+  n->parent = p;
+  n->depth = p != nullptr ? p->depth + 1 : 0;
+  n->last_access.store(tick, std::memory_order_relaxed);
+  try {
+    impl_->File(n, t);
+  } catch (...) {
+    impl_->nodes.erase(it);
+    throw;
+  }
+  n->residency = TierBit(tier);
+  ++impl_->resident[t];
+  impl_->LinkChild(p, n);
+  if (p != nullptr && p->children_in[t]++ == 0 && (p->leaf_in & TierBit(tier)) != 0) impl_->Unfile(p, t);
+  return Status::OK();
+}
+
+Status RadixIndex::SetResident(const ChunkKey& key, TierId tier) {
+  if (!ValidTier(tier)) return Status::InvalidArgument(TierError(tier));
+  std::unique_lock lock(impl_->mu);
+  Impl::Node* n = impl_->Find(key);
+  if (n == nullptr) return Status::NotFound("radix index: chunk " + key.ToHex() + " is not cached; Insert it");
+  impl_->AddTier(n, static_cast<int>(tier));
+  return Status::OK();
+}
+
+Status RadixIndex::ClearResident(const ChunkKey& key, TierId tier, std::vector<RemovedChunk>* removed) {
+  if (!ValidTier(tier)) return Status::InvalidArgument(TierError(tier));
+  std::unique_lock lock(impl_->mu);
+  Impl::Node* n = impl_->Find(key);
+  if (n == nullptr) return Status::NotFound("radix index: chunk " + key.ToHex() + " is not cached");
+  const TierMask bit = TierBit(tier);
+  if ((n->residency & bit) == 0) return Status::OK();
+  if (n->residency == bit) return impl_->RemoveSubtree(n, removed);
+  impl_->DropTier(n, static_cast<int>(tier));
+  return Status::OK();
+}
+
+Status RadixIndex::Erase(const ChunkKey& key, std::vector<RemovedChunk>* removed) {
+  std::unique_lock lock(impl_->mu);
+  Impl::Node* n = impl_->Find(key);
+  if (n == nullptr) return Status::NotFound("radix index: chunk " + key.ToHex() + " is not cached");
+  return impl_->RemoveSubtree(n, removed);
+}
+
+void RadixIndex::Pin(std::span<const ChunkKey> keys) {
+  std::shared_lock lock(impl_->mu);
+  for (const ChunkKey& key : keys) {
+    if (Impl::Node* n = impl_->Find(key); n != nullptr) n->pins.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+void RadixIndex::Unpin(std::span<const ChunkKey> keys) {
+  std::shared_lock lock(impl_->mu);
+  for (const ChunkKey& key : keys) {
+    Impl::Node* n = impl_->Find(key);
+    if (n == nullptr) continue;
+    uint32_t pins = n->pins.load(std::memory_order_relaxed);
+    while (pins != 0 && !n->pins.compare_exchange_weak(pins, pins - 1, std::memory_order_relaxed)) {
+    }
+  }
+}
+
+std::vector<LeafCandidate> RadixIndex::LruLeaves(TierId tier, size_t max) {
+  std::vector<LeafCandidate> out;
+  if (!ValidTier(tier) || max == 0) return out;
+  std::unique_lock lock(impl_->mu);
+  Impl::LeafSet& set = impl_->leaves[static_cast<int>(tier)];
+  out.reserve(std::min(max, set.size()));
+  auto it = set.begin();
+  while (it != set.end() && out.size() < max) {
+    Impl::Node* n = it->node;
+    const uint64_t last = n->last_access.load(std::memory_order_relaxed);
+    if (last != it->tick) {
+      // Touched since filed: move it to its place and carry on from where it was.
+      const Impl::LeafKey old = *it;
+      impl_->Refile(n, last);
+      it = set.lower_bound(last < old.tick ? Impl::LeafKey{last, old.depth, n} : old);
+      continue;
+    }
+    if (n->pins.load(std::memory_order_relaxed) == 0) out.push_back({n->key, last});
+    ++it;
+  }
+  return out;
+}
+
+std::optional<TierMask> RadixIndex::Residency(const ChunkKey& key) const {
+  std::shared_lock lock(impl_->mu);
+  const Impl::Node* n = impl_->Find(key);
+  if (n == nullptr) return std::nullopt;
+  return n->residency;
+}
+
+uint32_t RadixIndex::PinCount(const ChunkKey& key) const {
+  std::shared_lock lock(impl_->mu);
+  const Impl::Node* n = impl_->Find(key);
+  return n == nullptr ? 0 : n->pins.load(std::memory_order_relaxed);
+}
+
+size_t RadixIndex::size() const {
+  std::shared_lock lock(impl_->mu);
+  return impl_->nodes.size();
+}
+
+size_t RadixIndex::CountResident(TierId tier) const {
+  if (!ValidTier(tier)) return 0;
+  std::shared_lock lock(impl_->mu);
+  return impl_->resident[static_cast<int>(tier)];
+}
+
+// An estimate for libstdc++ and glibc malloc: a map node is a next pointer plus the
+// (key, Node) pair (the hash is not cached: ChunkKeyHash is noexcept and cheap), the
+// bucket array is one pointer per bucket, a leaf-set node is a red-black header (color
+// and three pointers) plus a LeafKey; each allocation is rounded as glibc rounds it.
+size_t RadixIndex::MemoryUsage() const {
+  std::shared_lock lock(impl_->mu);
+  constexpr size_t kMapNode = MallocBytes(sizeof(void*) + sizeof(std::pair<const ChunkKey, Impl::Node>));
+  constexpr size_t kSetNode = MallocBytes(4 * sizeof(void*) + sizeof(Impl::LeafKey));
+  size_t bytes = sizeof(Impl) + impl_->nodes.size() * kMapNode;
+  if (impl_->nodes.bucket_count() > 1) bytes += MallocBytes(impl_->nodes.bucket_count() * sizeof(void*));
+  for (const Impl::LeafSet& set : impl_->leaves) bytes += set.size() * kSetNode;
+  return bytes;
+}
+
+void RadixIndex::ForEach(const std::function<void(const ChunkKey& key, const std::optional<ChunkKey>& parent,
+                                                  TierMask residency, uint64_t last_access)>& fn) const {
+  std::shared_lock lock(impl_->mu);
+  for (Impl::Node* n = impl_->root_first; n != nullptr; n = Impl::NextPreorder(n, nullptr)) {
+    const std::optional<ChunkKey> parent =
+        n->parent != nullptr ? std::optional<ChunkKey>(n->parent->key) : std::nullopt;
+    fn(n->key, parent, n->residency, n->last_access.load(std::memory_order_relaxed));
+  }
+}
+
+}  // namespace kvtier

@@ -1,0 +1,513 @@
+// Store: the embedded cache. See kvtier/store.h for the contract.
+//
+// Parts and locks (acquire in this order, never the reverse):
+//   close_mu_      shared by every public call, exclusive in Close: nothing runs
+//                  against a half-closed store.
+//   placement_mu_  slot allocation, eviction, and publishing a chunk (host key map +
+//                  index residency change together under it, so the two always agree).
+//   reg_mu_        namespaces and registrations.
+//   RadixIndex and HostTier locks: internal, held briefly.
+// Loads never take placement_mu_: they pin their chunks in the index (a pinned chunk
+// is never evicted, so its slot stays put) and copy without locks.
+#include "kvtier/store.h"
+
+#include <deque>
+#include <functional>
+#include <shared_mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "index/chunk_key.h"
+#include "index/radix_index.h"
+#include "kernels/mover.h"
+#include "store/ticket.h"
+#include "tiers/chunk_format.h"
+#include "tiers/host/host_tier.h"
+
+namespace kvtier {
+namespace {
+
+// Everything that registrations of one NamespaceSpec share.
+struct NamespaceState {
+  NamespaceState(const NamespaceSpec& s, const NamespaceId& i, uint32_t cls, LogicalClock* clock)
+      : spec(s), id(i), payload_bytes(ChunkPayloadBytes(s.shape)), slot_class(cls), index(clock) {}
+  const NamespaceSpec spec;
+  const NamespaceId id;
+  const uint64_t payload_bytes;
+  const uint32_t slot_class;
+  RadixIndex index;
+};
+
+struct Registration {
+  std::shared_ptr<NamespaceState> ns;
+  Mover mover;
+};
+
+// A queued save or load. Called once: with abort=false by a worker to do the work, or
+// with abort=true when the store closes first (it must release what it holds).
+using Job = std::function<void(bool abort)>;
+
+struct Counters {
+  std::atomic<uint64_t> lookups{0}, lookup_hit_chunks{0}, lookup_miss_chunks{0};
+  std::atomic<uint64_t> saves{0}, saved_chunks{0}, save_dedup_chunks{0}, save_failed_chunks{0};
+  std::atomic<uint64_t> loads{0}, loaded_chunks{0}, load_failed_chunks{0};
+  std::atomic<uint64_t> bytes_saved{0}, bytes_loaded{0}, evictions{0}, corrupt_chunks{0};
+};
+
+void Add(std::atomic<uint64_t>& c, uint64_t v) { c.fetch_add(v, std::memory_order_relaxed); }
+
+}  // namespace
+
+struct Store::Impl {
+  explicit Impl(const StoreConfig& c) : config(c) {}
+
+  // ---- constant after Open
+  const StoreConfig config;
+  LogicalClock clock;
+
+  mutable std::shared_mutex close_mu;
+  bool closed = false;                      // guarded by close_mu
+  std::unique_ptr<HostTier> host;           // reset by Close under close_mu (exclusive)
+
+  std::mutex placement_mu;
+
+  mutable std::shared_mutex reg_mu;
+  std::unordered_map<NamespaceId, std::shared_ptr<NamespaceState>, ChunkKeyHash> namespaces;  // guarded by reg_mu
+  std::unordered_map<uint32_t, std::shared_ptr<Registration>> registrations;                  // guarded by reg_mu
+  uint32_t next_handle = 1;                                                                    // guarded by reg_mu
+
+  std::mutex queue_mu;
+  std::condition_variable queue_cv;
+  std::deque<Job> queue;  // guarded by queue_mu
+  bool stopping = false;  // guarded by queue_mu
+  std::vector<std::thread> workers;
+
+  Counters n;
+
+  // ---- helpers
+  void WorkerLoop();
+  void Enqueue(Job job);
+  Result<std::shared_ptr<Registration>> Find(NamespaceHandle h) const;
+  Status PrepareRequest(const Registration& r, std::span<const int32_t> tokens, std::span<const int32_t> block_ids,
+                        std::span<const ExtraKey> extras, bool need_blocks, std::vector<ChunkKey>* keys) const;
+  Result<SlotId> AllocateSlot(uint32_t slot_class);
+  void DropChunk(NamespaceState& ns, const ChunkKey& key);
+  void RunSave(Registration& r, const std::vector<ChunkKey>& keys, const std::vector<int32_t>& blocks,
+               TicketState& t);
+  void RunLoad(Registration& r, const std::vector<ChunkKey>& keys, size_t matched, const std::vector<int32_t>& blocks,
+               TicketState& t);
+};
+
+// ---- worker pool ------------------------------------------------------------------------
+
+void Store::Impl::WorkerLoop() {
+  for (;;) {
+    Job job;
+    {
+      std::unique_lock<std::mutex> l(queue_mu);
+      queue_cv.wait(l, [this] { return stopping || !queue.empty(); });
+      if (queue.empty()) return;  // stopping and drained
+      job = std::move(queue.front());
+      queue.pop_front();
+    }
+    job(/*abort=*/false);
+  }
+}
+
+void Store::Impl::Enqueue(Job job) {
+  {
+    std::lock_guard<std::mutex> l(queue_mu);
+    if (!stopping) {
+      queue.push_back(std::move(job));
+      queue_cv.notify_one();
+      return;
+    }
+  }
+  job(/*abort=*/true);
+}
+
+// ---- requests ------------------------------------------------------------------------------
+
+Result<std::shared_ptr<Registration>> Store::Impl::Find(NamespaceHandle h) const {
+  std::shared_lock<std::shared_mutex> l(reg_mu);
+  auto it = registrations.find(h.id);
+  if (it == registrations.end())
+    return Status::NotFound("unknown namespace handle " + std::to_string(h.id) +
+                            ": register the namespace first (or it was unregistered)");
+  return it->second;
+}
+
+Status Store::Impl::PrepareRequest(const Registration& r, std::span<const int32_t> tokens,
+                                   std::span<const int32_t> block_ids, std::span<const ExtraKey> extras,
+                                   bool need_blocks, std::vector<ChunkKey>* keys) const {
+  if (tokens.size() > config.max_request_tokens)
+    return Status::InvalidArgument("request names " + std::to_string(tokens.size()) +
+                                   " tokens, more than max_request_tokens " +
+                                   std::to_string(config.max_request_tokens) + "; split it or raise the limit");
+  const uint32_t chunk_tokens = r.ns->spec.shape.chunk_tokens;
+  const uint64_t chunks = tokens.size() / chunk_tokens;
+  if (need_blocks) {
+    const uint64_t need = chunks * r.mover.blocks_per_chunk();
+    if (block_ids.size() < need)
+      return Status::InvalidArgument(
+          "token count mismatch: " + std::to_string(tokens.size()) + " tokens make " + std::to_string(chunks) +
+          " whole chunks of " + std::to_string(chunk_tokens) + " tokens, which need " + std::to_string(need) +
+          " block ids of " + std::to_string(r.mover.geometry().block_tokens) + " tokens; got " +
+          std::to_string(block_ids.size()));
+    const int64_t num_blocks = r.mover.geometry().num_blocks;
+    for (uint64_t i = 0; i < need; ++i) {
+      if (block_ids[i] < 0 || block_ids[i] >= num_blocks)
+        return Status::InvalidArgument("block id " + std::to_string(block_ids[i]) + " at position " +
+                                       std::to_string(i) + " is outside the layout's [0, " +
+                                       std::to_string(num_blocks) + ")");
+    }
+  }
+  return ComputeChunkKeys(r.ns->id, chunk_tokens, tokens, extras, keys);
+}
+
+// ---- placement -----------------------------------------------------------------------------
+
+Result<SlotId> Store::Impl::AllocateSlot(uint32_t slot_class) {
+  std::lock_guard<std::mutex> l(placement_mu);
+  std::vector<RemovedChunk> removed;
+  for (;;) {
+    Result<SlotId> s = host->Allocate(slot_class);
+    if (s.ok() || s.status().code() != Status::Code::kNoSpace) return s;
+    // Evict the least recently used host leaf among namespaces whose chunks use this
+    // slot size (evicting others would not free a slot of this size).
+    std::shared_ptr<NamespaceState> victim_ns;
+    LeafCandidate victim{};
+    {
+      std::shared_lock<std::shared_mutex> rl(reg_mu);
+      for (auto& [id, ns] : namespaces) {
+        if (ns->slot_class != slot_class) continue;
+        std::vector<LeafCandidate> c = ns->index.LruLeaves(TierId::kHost, 1);
+        if (!c.empty() && (!victim_ns || c[0].last_access < victim.last_access)) {
+          victim_ns = ns;
+          victim = c[0];
+        }
+      }
+    }
+    if (!victim_ns)
+      return Status::NoSpace("host tier: full, and every chunk of this size (" +
+                             std::to_string(host->SlotBytes(slot_class)) +
+                             " byte slots) is pinned by a save or load in flight; retry later or raise "
+                             "host capacity");
+    removed.clear();
+    Status c = victim_ns->index.ClearResident(victim.key, TierId::kHost, &removed);
+    if (c.code() == Status::Code::kBusy) continue;  // pinned since we looked: pick again
+    if (!c.ok()) return c.WithContext("host tier eviction: ");
+    for (const RemovedChunk& rc : removed) {
+      if (host->Remove(rc.key)) Add(n.evictions, 1);
+    }
+  }
+}
+
+// Removes a chunk that failed a check, with its subtree, from the index and the host tier.
+void Store::Impl::DropChunk(NamespaceState& ns, const ChunkKey& key) {
+  std::lock_guard<std::mutex> l(placement_mu);
+  std::vector<RemovedChunk> removed;
+  if (!ns.index.Erase(key, &removed).ok()) return;  // pinned by another load: it will see the same
+  for (const RemovedChunk& rc : removed) host->Remove(rc.key);
+}
+
+void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, const std::vector<int32_t>& blocks,
+                          TicketState& t) {
+  NamespaceState& ns = *r.ns;
+  const uint32_t total = static_cast<uint32_t>(keys.size());
+  const uint32_t bpc = r.mover.blocks_per_chunk();
+  // Pin the cached prefix so that the chunks we attach below keep their parents.
+  MatchOptions mo;
+  mo.tiers = TierBit(TierId::kHost);
+  mo.pin = true;
+  const size_t matched = ns.index.Match(keys, mo);
+  std::vector<ChunkKey> pinned(keys.begin(), keys.begin() + static_cast<ptrdiff_t>(matched));
+  Add(n.save_dedup_chunks, matched);
+  uint32_t done = static_cast<uint32_t>(matched);
+  t.set_chunks_done(done);
+  Status st;
+  for (uint32_t i = done; i < total; ++i) {
+    if (t.cancel_requested()) {
+      st = Status::Cancelled("save cancelled after " + std::to_string(i) + " of " + std::to_string(total) + " chunks");
+      break;
+    }
+    Result<SlotId> slot = AllocateSlot(ns.slot_class);
+    if (!slot.ok()) {
+      st = slot.status();
+      break;
+    }
+    uint8_t* addr = host->SlotAddress(*slot);
+    EncodeChunkHeader(MakeChunkHeader(ns.id, keys[i], ns.spec.shape), addr);
+    Status g = r.mover.Gather(std::span<const int32_t>(blocks).subspan(uint64_t{i} * bpc, bpc),
+                              addr + kChunkPayloadOffset, ns.payload_bytes);
+    if (!g.ok()) {
+      host->Free(*slot);
+      st = g;
+      break;
+    }
+    {
+      std::lock_guard<std::mutex> l(placement_mu);
+      const bool fresh = host->Publish(keys[i], *slot).ok();
+      if (!fresh) host->Free(*slot);  // a concurrent save stored it first
+      std::optional<ChunkKey> parent;
+      if (i > 0) parent = keys[i - 1];
+      Status ins = ns.index.Insert(parent, keys[i], TierId::kHost);
+      if (!ins.ok()) {
+        if (fresh) host->Remove(keys[i]);
+        st = ins.WithContext("save: ");
+        break;
+      }
+      ns.index.Pin(std::span<const ChunkKey>(&keys[i], 1));
+      pinned.push_back(keys[i]);
+      if (fresh) {
+        Add(n.saved_chunks, 1);
+        Add(n.bytes_saved, ns.payload_bytes);
+      } else {
+        Add(n.save_dedup_chunks, 1);
+      }
+    }
+    t.set_chunks_done(++done);
+  }
+  ns.index.Unpin(pinned);
+  Add(n.save_failed_chunks, total - done);
+  t.Finish(std::move(st), done);
+}
+
+void Store::Impl::RunLoad(Registration& r, const std::vector<ChunkKey>& keys, size_t matched,
+                          const std::vector<int32_t>& blocks, TicketState& t) {
+  NamespaceState& ns = *r.ns;
+  const uint32_t total = static_cast<uint32_t>(keys.size());
+  const uint32_t bpc = r.mover.blocks_per_chunk();
+  const ChunkIdentity identity{ns.id, {}, ns.spec.shape};
+  uint32_t done = 0;
+  Status st;
+  std::optional<ChunkKey> corrupt;
+  for (uint32_t i = 0; i < matched; ++i) {
+    if (t.cancel_requested()) {
+      st = Status::Cancelled("load cancelled after " + std::to_string(i) + " of " + std::to_string(total) + " chunks");
+      break;
+    }
+    std::optional<SlotId> slot = host->Find(keys[i]);
+    if (!slot) {
+      st = Status::Internal("load: chunk " + keys[i].ToHex() + " is indexed in the host tier but has no slot");
+      break;
+    }
+    const uint8_t* addr = host->SlotAddress(*slot);
+    // The header is checked on every read: a slot that does not hold this chunk is never served.
+    Result<ChunkHeader> h = DecodeChunkHeader(std::span<const uint8_t>(addr, kChunkHeaderBytes));
+    ChunkIdentity want = identity;
+    want.key = keys[i];
+    Status hs = h.ok() ? CheckChunkIdentity(*h, want) : h.status();
+    if (!hs.ok()) {
+      Add(n.corrupt_chunks, 1);
+      corrupt = keys[i];
+      st = hs.WithContext("load: host slot of chunk " + std::to_string(i) + ": ");
+      break;
+    }
+    Status s = r.mover.Scatter(std::span<const int32_t>(blocks).subspan(uint64_t{i} * bpc, bpc),
+                               addr + kChunkPayloadOffset, ns.payload_bytes);
+    if (!s.ok()) {
+      st = s;
+      break;
+    }
+    Add(n.loaded_chunks, 1);
+    Add(n.bytes_loaded, ns.payload_bytes);
+    t.set_chunks_done(++done);
+  }
+  ns.index.Unpin(std::span<const ChunkKey>(keys.data(), matched));
+  if (corrupt) DropChunk(ns, *corrupt);
+  if (st.ok() && done < total)
+    st = Status::NotFound("load: chunk " + std::to_string(done) + " of " + std::to_string(total) +
+                          " is not cached; recompute from token " +
+                          std::to_string(uint64_t{done} * ns.spec.shape.chunk_tokens));
+  Add(n.load_failed_chunks, total - done);
+  t.Finish(std::move(st), done);
+}
+
+// ---- Store ------------------------------------------------------------------------------------
+
+Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Store::~Store() { (void)Close(); }
+
+Result<std::unique_ptr<Store>> Store::Open(const StoreConfig& config) {
+  if (config.worker_threads == 0 || config.worker_threads > 256)
+    return Status::InvalidArgument("store: worker_threads " + std::to_string(config.worker_threads) +
+                                   " is outside 1..256");
+  if (config.max_request_tokens == 0) return Status::InvalidArgument("store: max_request_tokens is 0");
+  auto impl = std::make_unique<Impl>(config);
+  HostTierOptions ho;
+  ho.capacity_bytes = config.host_capacity_bytes;
+  ho.huge_pages = config.huge_pages;
+  ho.prefault = config.prefault;
+  Result<std::unique_ptr<HostTier>> host = HostTier::Create(ho);
+  if (!host.ok()) return host.status();
+  impl->host = std::move(*host);
+  for (uint32_t i = 0; i < config.worker_threads; ++i) impl->workers.emplace_back([p = impl.get()] { p->WorkerLoop(); });
+  return std::unique_ptr<Store>(new Store(std::move(impl)));
+}
+
+Status Store::Close() {
+  if (!impl_) return Status::OK();
+  Impl& s = *impl_;
+  std::unique_lock<std::shared_mutex> cl(s.close_mu);
+  if (s.closed) return Status::OK();
+  s.closed = true;
+  std::deque<Job> pending;
+  {
+    std::lock_guard<std::mutex> l(s.queue_mu);
+    s.stopping = true;
+    pending.swap(s.queue);
+  }
+  s.queue_cv.notify_all();
+  for (Job& j : pending) j(/*abort=*/true);
+  for (std::thread& w : s.workers) w.join();
+  s.workers.clear();
+  s.host.reset();
+  return Status::OK();
+}
+
+#define KVTIER_OPEN_GUARD(impl)                                   \
+  std::shared_lock<std::shared_mutex> _close_guard((impl).close_mu); \
+  if ((impl).closed) return Status::Closed("store is closed")
+
+Result<NamespaceHandle> Store::RegisterNamespace(const NamespaceSpec& spec, const KvMemoryLayout& layout) {
+  Impl& s = *impl_;
+  KVTIER_OPEN_GUARD(s);
+  KVTIER_RETURN_IF_ERROR(ValidateNamespaceSpec(spec));
+  Result<Mover> mover = Mover::Create(spec.shape, layout);
+  if (!mover.ok()) return mover.status();
+  const NamespaceId id = ComputeNamespaceId(spec);
+  std::unique_lock<std::shared_mutex> l(s.reg_mu);
+  std::shared_ptr<NamespaceState>& ns = s.namespaces[id];
+  if (!ns) {
+    Result<uint32_t> cls = s.host->SlotClassFor(ChunkPayloadBytes(spec.shape));
+    if (!cls.ok()) {
+      s.namespaces.erase(id);
+      return cls.status();
+    }
+    ns = std::make_shared<NamespaceState>(spec, id, *cls, &s.clock);
+  }
+  const uint32_t h = s.next_handle++;
+  s.registrations.emplace(h, std::make_shared<Registration>(Registration{ns, std::move(*mover)}));
+  return NamespaceHandle{h};
+}
+
+Status Store::UnregisterNamespace(NamespaceHandle h) {
+  Impl& s = *impl_;
+  KVTIER_OPEN_GUARD(s);
+  std::unique_lock<std::shared_mutex> l(s.reg_mu);
+  if (s.registrations.erase(h.id) == 0)
+    return Status::NotFound("unknown namespace handle " + std::to_string(h.id));
+  return Status::OK();
+}
+
+Result<LookupResult> Store::Lookup(NamespaceHandle h, std::span<const int32_t> tokens,
+                                   std::span<const ExtraKey> extra_keys) {
+  Impl& s = *impl_;
+  KVTIER_OPEN_GUARD(s);
+  Result<std::shared_ptr<Registration>> r = s.Find(h);
+  if (!r.ok()) return r.status();
+  std::vector<ChunkKey> keys;
+  KVTIER_RETURN_IF_ERROR(s.PrepareRequest(**r, tokens, {}, extra_keys, false, &keys));
+  std::vector<TierMask> residency;
+  const size_t m = (*r)->ns->index.Match(keys, MatchOptions{}, &residency);
+  LookupResult out;
+  out.matched_chunks = static_cast<uint32_t>(m);
+  out.total_chunks = static_cast<uint32_t>(keys.size());
+  out.matched_tokens = uint64_t{out.matched_chunks} * (*r)->ns->spec.shape.chunk_tokens;
+  out.chunk_tiers.resize(m);
+  for (size_t i = 0; i < m; ++i) out.chunk_tiers[i] = static_cast<TierId>(__builtin_ctz(residency[i]));
+  Add(s.n.lookups, 1);
+  Add(s.n.lookup_hit_chunks, m);
+  Add(s.n.lookup_miss_chunks, keys.size() - m);
+  return out;
+}
+
+Result<Ticket> Store::Save(NamespaceHandle h, std::span<const int32_t> tokens, std::span<const int32_t> block_ids,
+                           std::span<const ExtraKey> extra_keys) {
+  Impl& s = *impl_;
+  KVTIER_OPEN_GUARD(s);
+  Result<std::shared_ptr<Registration>> r = s.Find(h);
+  if (!r.ok()) return r.status();
+  auto keys = std::make_shared<std::vector<ChunkKey>>();
+  KVTIER_RETURN_IF_ERROR(s.PrepareRequest(**r, tokens, block_ids, extra_keys, true, keys.get()));
+  const uint32_t bpc = (*r)->mover.blocks_per_chunk();
+  auto blocks = std::make_shared<std::vector<int32_t>>(block_ids.begin(), block_ids.begin() + keys->size() * bpc);
+  auto t = std::make_shared<TicketState>(static_cast<uint32_t>(keys->size()));
+  Add(s.n.saves, 1);
+  s.Enqueue([&s, reg = *r, keys, blocks, t](bool abort) {
+    if (abort) {
+      Add(s.n.save_failed_chunks, keys->size());
+      t->Finish(Status::Cancelled("save: store closed before the save ran"), 0);
+      return;
+    }
+    s.RunSave(*reg, *keys, *blocks, *t);
+  });
+  return Ticket(std::move(t));
+}
+
+Result<Ticket> Store::Load(NamespaceHandle h, std::span<const int32_t> tokens, std::span<const int32_t> block_ids,
+                           std::span<const ExtraKey> extra_keys) {
+  Impl& s = *impl_;
+  KVTIER_OPEN_GUARD(s);
+  Result<std::shared_ptr<Registration>> r = s.Find(h);
+  if (!r.ok()) return r.status();
+  auto keys = std::make_shared<std::vector<ChunkKey>>();
+  KVTIER_RETURN_IF_ERROR(s.PrepareRequest(**r, tokens, block_ids, extra_keys, true, keys.get()));
+  const uint32_t bpc = (*r)->mover.blocks_per_chunk();
+  auto blocks = std::make_shared<std::vector<int32_t>>(block_ids.begin(), block_ids.begin() + keys->size() * bpc);
+  // Pin now, so that what is cached at submission stays cached until it is copied.
+  MatchOptions mo;
+  mo.tiers = TierBit(TierId::kHost);
+  mo.pin = true;
+  const size_t matched = (*r)->ns->index.Match(*keys, mo);
+  auto t = std::make_shared<TicketState>(static_cast<uint32_t>(keys->size()));
+  Add(s.n.loads, 1);
+  s.Enqueue([&s, reg = *r, keys, matched, blocks, t](bool abort) {
+    if (abort) {
+      reg->ns->index.Unpin(std::span<const ChunkKey>(keys->data(), matched));
+      Add(s.n.load_failed_chunks, keys->size());
+      t->Finish(Status::Cancelled("load: store closed before the load ran"), 0);
+      return;
+    }
+    s.RunLoad(*reg, *keys, matched, *blocks, *t);
+  });
+  return Ticket(std::move(t));
+}
+
+StoreStats Store::Stats() const {
+  const Impl& s = *impl_;
+  StoreStats o;
+  auto g = [](const std::atomic<uint64_t>& c) { return c.load(std::memory_order_relaxed); };
+  o.lookups = g(s.n.lookups);
+  o.lookup_hit_chunks = g(s.n.lookup_hit_chunks);
+  o.lookup_miss_chunks = g(s.n.lookup_miss_chunks);
+  o.saves = g(s.n.saves);
+  o.saved_chunks = g(s.n.saved_chunks);
+  o.save_dedup_chunks = g(s.n.save_dedup_chunks);
+  o.save_failed_chunks = g(s.n.save_failed_chunks);
+  o.loads = g(s.n.loads);
+  o.loaded_chunks = g(s.n.loaded_chunks);
+  o.load_failed_chunks = g(s.n.load_failed_chunks);
+  o.bytes_saved = g(s.n.bytes_saved);
+  o.bytes_loaded = g(s.n.bytes_loaded);
+  o.evictions = g(s.n.evictions);
+  o.corrupt_chunks = g(s.n.corrupt_chunks);
+  std::shared_lock<std::shared_mutex> cl(s.close_mu);
+  if (s.host) {
+    o.host_capacity_bytes = s.host->capacity_bytes();
+    o.host_used_bytes = s.host->used_bytes();
+    o.host_chunks = s.host->chunk_count();
+    o.huge_pages = s.host->huge_pages();
+  }
+  std::shared_lock<std::shared_mutex> rl(s.reg_mu);
+  o.namespaces = static_cast<uint32_t>(s.namespaces.size());
+  for (auto& [id, ns] : s.namespaces) {
+    o.index_chunks += ns->index.size();
+    o.index_memory_bytes += ns->index.MemoryUsage();
+  }
+  return o;
+}
+
+}  // namespace kvtier

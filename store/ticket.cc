@@ -1,0 +1,88 @@
+#include "store/ticket.h"
+
+#include "kvtier/store.h"
+
+namespace kvtier {
+
+void TicketState::Finish(Status status, uint32_t chunks_done) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    chunks_done_.store(chunks_done, std::memory_order_release);
+    status_ = std::move(status);
+    done_ = true;
+  }
+  cv_.notify_all();
+}
+
+bool TicketState::done() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return done_;
+}
+
+Status TicketState::Wait(std::chrono::nanoseconds timeout) const {
+  std::unique_lock<std::mutex> l(mu_);
+  if (!cv_.wait_for(l, timeout, [this] { return done_; }))
+    return Status::TimedOut("ticket: still running after the wait's deadline");
+  return status_;
+}
+
+Status TicketState::Wait() const {
+  std::unique_lock<std::mutex> l(mu_);
+  cv_.wait(l, [this] { return done_; });
+  return status_;
+}
+
+Status TicketState::status() const {
+  std::lock_guard<std::mutex> l(mu_);
+  if (!done_) return Status::Busy("ticket: in progress");
+  return status_;
+}
+
+// ---- Ticket (public handle) ---------------------------------------------------------
+
+Ticket::Ticket(std::shared_ptr<TicketState> state) : state_(std::move(state)) {}
+
+Ticket& Ticket::operator=(Ticket&& other) noexcept {
+  if (this != &other) {
+    Release();
+    state_ = std::move(other.state_);
+  }
+  return *this;
+}
+
+Ticket::~Ticket() { Release(); }
+
+bool Ticket::done() const { return state_ == nullptr || state_->done(); }
+
+Status Ticket::Wait(std::chrono::nanoseconds timeout) const {
+  if (!state_) return Status::InvalidArgument("ticket: released or empty");
+  return state_->Wait(timeout);
+}
+
+Status Ticket::Wait() const {
+  if (!state_) return Status::InvalidArgument("ticket: released or empty");
+  return state_->Wait();
+}
+
+Status Ticket::status() const {
+  if (!state_) return Status::InvalidArgument("ticket: released or empty");
+  return state_->status();
+}
+
+uint32_t Ticket::chunks_done() const { return state_ ? state_->chunks_done() : 0; }
+uint32_t Ticket::chunks_requested() const { return state_ ? state_->chunks_requested() : 0; }
+
+void Ticket::Cancel() {
+  if (state_) state_->Cancel();
+}
+
+void Ticket::Release() {
+  if (!state_) return;
+  if (!state_->done()) {
+    state_->Cancel();
+    (void)state_->Wait();
+  }
+  state_.reset();
+}
+
+}  // namespace kvtier

@@ -1,0 +1,155 @@
+#include "tiers/host/host_tier.h"
+
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "tiers/chunk_format.h"
+
+namespace kvtier {
+namespace {
+
+constexpr uint64_t kHugePage = 2ull << 20;
+constexpr uint64_t kAlign = 4096;
+
+uint64_t RoundUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+
+}  // namespace
+
+Result<std::unique_ptr<HostTier>> HostTier::Create(const HostTierOptions& options) {
+  if (options.capacity_bytes < kChunkPayloadOffset + kAlign)
+    return Status::InvalidArgument("host tier: capacity_bytes " + std::to_string(options.capacity_bytes) +
+                                   " is too small to hold one chunk; give it at least a few MiB");
+  std::unique_ptr<HostTier> t(new HostTier());
+  t->region_bytes_ = RoundUp(options.capacity_bytes, kAlign);
+  const int populate = options.prefault ? MAP_POPULATE : 0;
+  void* p = MAP_FAILED;
+  if (options.huge_pages != HugePages::kOff) {
+    t->map_bytes_ = RoundUp(t->region_bytes_, kHugePage);
+    p = mmap(nullptr, t->map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | populate,
+             -1, 0);
+    if (p != MAP_FAILED) t->huge_pages_ = "hugetlb";
+    if (p == MAP_FAILED && options.huge_pages == HugePages::kRequire)
+      return Status::NoMemory("host tier: cannot map " + std::to_string(t->map_bytes_) +
+                              " bytes of hugetlbfs pages (" + std::strerror(errno) +
+                              "); reserve them (vm.nr_hugepages) or set huge_pages to auto");
+  }
+  if (p == MAP_FAILED) {
+    // Transparent huge pages need the advice before the pages are touched, so map first,
+    // advise, then fault the region in by hand.
+    t->map_bytes_ = options.huge_pages == HugePages::kOff ? t->region_bytes_ : RoundUp(t->region_bytes_, kHugePage);
+    p = mmap(nullptr, t->map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+      return Status::NoMemory("host tier: cannot map " + std::to_string(t->map_bytes_) + " bytes (" +
+                              std::strerror(errno) + "); lower host capacity");
+    t->huge_pages_ = "none";
+    if (options.huge_pages != HugePages::kOff && madvise(p, t->map_bytes_, MADV_HUGEPAGE) == 0)
+      t->huge_pages_ = "transparent";
+    if (options.prefault) {
+      // MADV_POPULATE_WRITE (Linux 5.14) faults everything in at once; fall back to
+      // touching one byte per page.
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+      if (madvise(p, t->map_bytes_, MADV_POPULATE_WRITE) != 0) {
+        volatile uint8_t* b = static_cast<uint8_t*>(p);
+        for (uint64_t off = 0; off < t->map_bytes_; off += kAlign) b[off] = 0;
+      }
+    }
+  }
+  t->region_ = static_cast<uint8_t*>(p);
+  return t;
+}
+
+HostTier::~HostTier() {
+  if (region_ != nullptr) munmap(region_, map_bytes_);
+}
+
+Result<uint32_t> HostTier::SlotClassFor(uint64_t payload_bytes) {
+  const uint64_t slot = kChunkPayloadOffset + RoundUp(payload_bytes, kAlign);
+  if (payload_bytes == 0 || slot > region_bytes_)
+    return Status::InvalidArgument("host tier: a chunk of " + std::to_string(payload_bytes) +
+                                   " payload bytes does not fit in the region of " + std::to_string(region_bytes_) +
+                                   " bytes; raise host capacity or lower chunk_tokens");
+  std::lock_guard<std::mutex> l(mu_);
+  for (uint32_t i = 0; i < classes_.size(); ++i) {
+    if (classes_[i].slot_bytes == slot) return i;
+  }
+  classes_.push_back(SlotClass{slot, {}, {}});
+  return static_cast<uint32_t>(classes_.size() - 1);
+}
+
+uint64_t HostTier::SlotBytes(uint32_t slot_class) const {
+  std::lock_guard<std::mutex> l(mu_);
+  return slot_class < classes_.size() ? classes_[slot_class].slot_bytes : 0;
+}
+
+Result<SlotId> HostTier::Allocate(uint32_t slot_class) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (slot_class >= classes_.size()) return Status::InvalidArgument("host tier: unknown slot class");
+  SlotClass& c = classes_[slot_class];
+  if (!c.free_list.empty()) {
+    uint32_t idx = c.free_list.back();
+    c.free_list.pop_back();
+    return SlotId{slot_class, idx};
+  }
+  if (carved_bytes_ + c.slot_bytes > region_bytes_)
+    return Status::NoSpace("host tier: region of " + std::to_string(region_bytes_) + " bytes is full");
+  c.offsets.push_back(carved_bytes_);
+  carved_bytes_ += c.slot_bytes;
+  return SlotId{slot_class, static_cast<uint32_t>(c.offsets.size() - 1)};
+}
+
+void HostTier::Free(SlotId slot) {
+  std::lock_guard<std::mutex> l(mu_);
+  classes_[slot.slot_class].free_list.push_back(slot.index);
+}
+
+uint8_t* HostTier::SlotAddress(SlotId slot) const {
+  std::lock_guard<std::mutex> l(mu_);
+  return region_ + classes_[slot.slot_class].offsets[slot.index];
+}
+
+Status HostTier::Publish(const ChunkKey& key, SlotId slot) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto [it, inserted] = by_key_.emplace(key, slot);
+  if (!inserted) return Status::Busy("host tier: chunk " + key.ToHex() + " already has a slot");
+  used_bytes_ += classes_[slot.slot_class].slot_bytes;
+  return Status::OK();
+}
+
+std::optional<SlotId> HostTier::Find(const ChunkKey& key) const {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = by_key_.find(key);
+  if (it == by_key_.end()) return std::nullopt;
+  return it->second;
+}
+
+bool HostTier::Remove(const ChunkKey& key) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = by_key_.find(key);
+  if (it == by_key_.end()) return false;
+  SlotId s = it->second;
+  by_key_.erase(it);
+  used_bytes_ -= classes_[s.slot_class].slot_bytes;
+  classes_[s.slot_class].free_list.push_back(s.index);
+  return true;
+}
+
+uint64_t HostTier::used_bytes() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return used_bytes_;
+}
+
+uint64_t HostTier::chunk_count() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return by_key_.size();
+}
+
+uint64_t HostTier::free_slots(uint32_t slot_class) const {
+  std::lock_guard<std::mutex> l(mu_);
+  return slot_class < classes_.size() ? classes_[slot_class].free_list.size() : 0;
+}
+
+}  // namespace kvtier
