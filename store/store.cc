@@ -29,12 +29,11 @@ namespace {
 
 // Everything that registrations of one NamespaceSpec share.
 struct NamespaceState {
-  NamespaceState(const NamespaceSpec& s, const NamespaceId& i, uint32_t cls, LogicalClock* clock)
-      : spec(s), id(i), payload_bytes(ChunkPayloadBytes(s.shape)), slot_class(cls), index(clock) {}
+  NamespaceState(const NamespaceSpec& s, const NamespaceId& i, LogicalClock* clock)
+      : spec(s), id(i), payload_bytes(ChunkPayloadBytes(s.shape)), index(clock) {}
   const NamespaceSpec spec;
   const NamespaceId id;
   const uint64_t payload_bytes;
-  const uint32_t slot_class;
   RadixIndex index;
 };
 
@@ -90,7 +89,7 @@ struct Store::Impl {
   Result<std::shared_ptr<Registration>> Find(NamespaceHandle h) const;
   Status PrepareRequest(const Registration& r, std::span<const int32_t> tokens, std::span<const int32_t> block_ids,
                         std::span<const ExtraKey> extras, bool need_blocks, std::vector<ChunkKey>* keys) const;
-  Result<SlotId> AllocateSlot(uint32_t slot_class);
+  Result<SlotId> AllocateSlot(uint64_t payload_bytes);
   void DropChunk(NamespaceState& ns, const ChunkKey& key);
   void RunSave(Registration& r, const std::vector<ChunkKey>& keys, const std::vector<int32_t>& blocks,
                TicketState& t);
@@ -167,20 +166,20 @@ Status Store::Impl::PrepareRequest(const Registration& r, std::span<const int32_
 
 // ---- placement -----------------------------------------------------------------------------
 
-Result<SlotId> Store::Impl::AllocateSlot(uint32_t slot_class) {
+Result<SlotId> Store::Impl::AllocateSlot(uint64_t payload_bytes) {
   std::lock_guard<std::mutex> l(placement_mu);
   std::vector<RemovedChunk> removed;
   for (;;) {
-    Result<SlotId> s = host->Allocate(slot_class);
+    Result<SlotId> s = host->Allocate(payload_bytes);
     if (s.ok() || s.status().code() != Status::Code::kNoSpace) return s;
-    // Evict the least recently used host leaf among namespaces whose chunks use this
-    // slot size (evicting others would not free a slot of this size).
+    // Evict the least recently used host leaf of any namespace (the clock is shared, so
+    // ticks compare across indexes). Extents merge on free, so this ends once enough
+    // contiguous space is free or nothing evictable is left.
     std::shared_ptr<NamespaceState> victim_ns;
     LeafCandidate victim{};
     {
       std::shared_lock<std::shared_mutex> rl(reg_mu);
       for (auto& [id, ns] : namespaces) {
-        if (ns->slot_class != slot_class) continue;
         std::vector<LeafCandidate> c = ns->index.LruLeaves(TierId::kHost, 1);
         if (!c.empty() && (!victim_ns || c[0].last_access < victim.last_access)) {
           victim_ns = ns;
@@ -189,10 +188,8 @@ Result<SlotId> Store::Impl::AllocateSlot(uint32_t slot_class) {
       }
     }
     if (!victim_ns)
-      return Status::NoSpace("host tier: full, and every chunk of this size (" +
-                             std::to_string(host->SlotBytes(slot_class)) +
-                             " byte slots) is pinned by a save or load in flight; retry later or raise "
-                             "host capacity");
+      return Status::NoSpace("host tier: full, and every cached chunk is pinned by a save or load in flight; "
+                             "retry later or raise host capacity");
     removed.clear();
     Status c = victim_ns->index.ClearResident(victim.key, TierId::kHost, &removed);
     if (c.code() == Status::Code::kBusy) continue;  // pinned since we looked: pick again
@@ -231,7 +228,7 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
       st = Status::Cancelled("save cancelled after " + std::to_string(i) + " of " + std::to_string(total) + " chunks");
       break;
     }
-    Result<SlotId> slot = AllocateSlot(ns.slot_class);
+    Result<SlotId> slot = AllocateSlot(ns.payload_bytes);
     if (!slot.ok()) {
       st = slot.status();
       break;
@@ -381,12 +378,12 @@ Result<NamespaceHandle> Store::RegisterNamespace(const NamespaceSpec& spec, cons
   std::unique_lock<std::shared_mutex> l(s.reg_mu);
   std::shared_ptr<NamespaceState>& ns = s.namespaces[id];
   if (!ns) {
-    Result<uint32_t> cls = s.host->SlotClassFor(ChunkPayloadBytes(spec.shape));
-    if (!cls.ok()) {
+    Status fits = s.host->CheckFits(ChunkPayloadBytes(spec.shape));
+    if (!fits.ok()) {
       s.namespaces.erase(id);
-      return cls.status();
+      return fits;
     }
-    ns = std::make_shared<NamespaceState>(spec, id, *cls, &s.clock);
+    ns = std::make_shared<NamespaceState>(spec, id, &s.clock);
   }
   const uint32_t h = s.next_handle++;
   s.registrations.emplace(h, std::make_shared<Registration>(Registration{ns, std::move(*mover)}));

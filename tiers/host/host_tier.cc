@@ -59,6 +59,9 @@ Result<std::unique_ptr<HostTier>> HostTier::Create(const HostTierOptions& option
     }
   }
   t->region_ = static_cast<uint8_t*>(p);
+  t->free_by_offset_.emplace(0, t->region_bytes_);
+  t->free_by_size_.emplace(t->region_bytes_, 0);
+  t->free_bytes_ = t->region_bytes_;
   return t;
 }
 
@@ -66,56 +69,69 @@ HostTier::~HostTier() {
   if (region_ != nullptr) munmap(region_, map_bytes_);
 }
 
-Result<uint32_t> HostTier::SlotClassFor(uint64_t payload_bytes) {
-  const uint64_t slot = kChunkPayloadOffset + RoundUp(payload_bytes, kAlign);
-  if (payload_bytes == 0 || slot > region_bytes_)
+uint64_t HostTier::SlotBytes(uint64_t payload_bytes) { return kChunkPayloadOffset + RoundUp(payload_bytes, kAlign); }
+
+Status HostTier::CheckFits(uint64_t payload_bytes) const {
+  if (payload_bytes == 0 || SlotBytes(payload_bytes) > region_bytes_)
     return Status::InvalidArgument("host tier: a chunk of " + std::to_string(payload_bytes) +
                                    " payload bytes does not fit in the region of " + std::to_string(region_bytes_) +
                                    " bytes; raise host capacity or lower chunk_tokens");
-  std::lock_guard<std::mutex> l(mu_);
-  for (uint32_t i = 0; i < classes_.size(); ++i) {
-    if (classes_[i].slot_bytes == slot) return i;
-  }
-  classes_.push_back(SlotClass{slot, {}, {}});
-  return static_cast<uint32_t>(classes_.size() - 1);
+  return Status::OK();
 }
 
-uint64_t HostTier::SlotBytes(uint32_t slot_class) const {
+Result<SlotId> HostTier::Allocate(uint64_t payload_bytes) {
+  KVTIER_RETURN_IF_ERROR(CheckFits(payload_bytes));
+  const uint64_t need = SlotBytes(payload_bytes);
   std::lock_guard<std::mutex> l(mu_);
-  return slot_class < classes_.size() ? classes_[slot_class].slot_bytes : 0;
+  auto it = free_by_size_.lower_bound({need, 0});
+  if (it == free_by_size_.end())
+    return Status::NoSpace("host tier: no free extent of " + std::to_string(need) + " bytes in the region of " +
+                           std::to_string(region_bytes_) + " bytes");
+  const uint64_t off = it->second, len = it->first;
+  free_by_size_.erase(it);
+  free_by_offset_.erase(off);
+  if (len > need) {
+    free_by_offset_.emplace(off + need, len - need);
+    free_by_size_.emplace(len - need, off + need);
+  }
+  free_bytes_ -= need;
+  return SlotId{off, need};
 }
 
-Result<SlotId> HostTier::Allocate(uint32_t slot_class) {
-  std::lock_guard<std::mutex> l(mu_);
-  if (slot_class >= classes_.size()) return Status::InvalidArgument("host tier: unknown slot class");
-  SlotClass& c = classes_[slot_class];
-  if (!c.free_list.empty()) {
-    uint32_t idx = c.free_list.back();
-    c.free_list.pop_back();
-    return SlotId{slot_class, idx};
+void HostTier::FreeLocked(SlotId slot) {
+  uint64_t off = slot.offset, len = slot.bytes;
+  auto next = free_by_offset_.lower_bound(off);
+  if (next != free_by_offset_.end() && next->first == off + len) {  // merge with the extent after
+    len += next->second;
+    free_by_size_.erase({next->second, next->first});
+    next = free_by_offset_.erase(next);
   }
-  if (carved_bytes_ + c.slot_bytes > region_bytes_)
-    return Status::NoSpace("host tier: region of " + std::to_string(region_bytes_) + " bytes is full");
-  c.offsets.push_back(carved_bytes_);
-  carved_bytes_ += c.slot_bytes;
-  return SlotId{slot_class, static_cast<uint32_t>(c.offsets.size() - 1)};
+  if (next != free_by_offset_.begin()) {  // merge with the extent before
+    auto prev = std::prev(next);
+    if (prev->first + prev->second == off) {
+      off = prev->first;
+      len += prev->second;
+      free_by_size_.erase({prev->second, prev->first});
+      free_by_offset_.erase(prev);
+    }
+  }
+  free_by_offset_.emplace(off, len);
+  free_by_size_.emplace(len, off);
+  free_bytes_ += slot.bytes;
 }
 
 void HostTier::Free(SlotId slot) {
   std::lock_guard<std::mutex> l(mu_);
-  classes_[slot.slot_class].free_list.push_back(slot.index);
+  FreeLocked(slot);
 }
 
-uint8_t* HostTier::SlotAddress(SlotId slot) const {
-  std::lock_guard<std::mutex> l(mu_);
-  return region_ + classes_[slot.slot_class].offsets[slot.index];
-}
+uint8_t* HostTier::SlotAddress(SlotId slot) const { return region_ + slot.offset; }
 
 Status HostTier::Publish(const ChunkKey& key, SlotId slot) {
   std::lock_guard<std::mutex> l(mu_);
   auto [it, inserted] = by_key_.emplace(key, slot);
   if (!inserted) return Status::Busy("host tier: chunk " + key.ToHex() + " already has a slot");
-  used_bytes_ += classes_[slot.slot_class].slot_bytes;
+  used_bytes_ += slot.bytes;
   return Status::OK();
 }
 
@@ -132,8 +148,8 @@ bool HostTier::Remove(const ChunkKey& key) {
   if (it == by_key_.end()) return false;
   SlotId s = it->second;
   by_key_.erase(it);
-  used_bytes_ -= classes_[s.slot_class].slot_bytes;
-  classes_[s.slot_class].free_list.push_back(s.index);
+  used_bytes_ -= s.bytes;
+  FreeLocked(s);
   return true;
 }
 
@@ -147,9 +163,9 @@ uint64_t HostTier::chunk_count() const {
   return by_key_.size();
 }
 
-uint64_t HostTier::free_slots(uint32_t slot_class) const {
+uint64_t HostTier::free_bytes() const {
   std::lock_guard<std::mutex> l(mu_);
-  return slot_class < classes_.size() ? classes_[slot_class].free_list.size() : 0;
+  return free_bytes_;
 }
 
 }  // namespace kvtier

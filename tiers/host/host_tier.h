@@ -1,11 +1,11 @@
 // HostTier (T1): chunks in host DRAM.
 //
 // One large region (mmap; hugetlbfs pages when reserved, else transparent huge pages,
-// else normal pages) carved into fixed-size slots. A slot holds one chunk laid out as
-// in chunk_format.h: the header at offset 0, the payload at kChunkPayloadOffset. Each
-// payload size has a slot class; slots are carved from the region on first use and
-// return to their class's free list when freed (a carved slot never changes class:
-// one model per process is the common case, and this keeps allocation O(1)).
+// else normal pages) from which each chunk gets one slot: a 4 KiB-aligned extent laid
+// out as in chunk_format.h (header at offset 0, payload at kChunkPayloadOffset). Slots
+// come from a best-fit extent allocator that merges neighbours on free, so namespaces
+// with different chunk sizes share the region; with one chunk size (the common case)
+// a freed slot is exactly the next one needed.
 //
 // A save writes the payload straight into a slot (the Mover gathers into it) and a
 // load copies straight out of it, so each costs exactly one copy. The payload checksum
@@ -23,12 +23,13 @@
 #define KVTIER_TIERS_HOST_HOST_TIER_H_
 
 #include <cstdint>
+#include <map>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
-#include <vector>
 
 #include "index/chunk_key.h"
 #include "kvtier/status.h"
@@ -42,10 +43,10 @@ struct HostTierOptions {
   bool prefault = true;
 };
 
-// Names a slot: its class and its index within the class.
+// Names a slot: where it starts in the region and how long it is.
 struct SlotId {
-  uint32_t slot_class = 0;
-  uint32_t index = 0;
+  uint64_t offset = 0;
+  uint64_t bytes = 0;
 };
 
 class HostTier {
@@ -55,14 +56,14 @@ class HostTier {
   HostTier(const HostTier&) = delete;
   HostTier& operator=(const HostTier&) = delete;
 
-  // Slot class for chunks with `payload_bytes` of payload (same size, same class).
-  // InvalidArgument when one slot would not fit in the region.
-  Result<uint32_t> SlotClassFor(uint64_t payload_bytes);
-  uint64_t SlotBytes(uint32_t slot_class) const;
+  // Bytes of the slot that holds a chunk with `payload_bytes` of payload.
+  static uint64_t SlotBytes(uint64_t payload_bytes);
+  // InvalidArgument when such a slot could never fit in the region.
+  Status CheckFits(uint64_t payload_bytes) const;
 
-  // A free slot of the class, carving a new one when the region has room.
-  // NoSpace (retryable) when neither: evict, then retry.
-  Result<SlotId> Allocate(uint32_t slot_class);
+  // A free slot for a chunk of `payload_bytes`. NoSpace (retryable) when no free extent
+  // is large enough: evict, then retry.
+  Result<SlotId> Allocate(uint64_t payload_bytes);
   void Free(SlotId slot);
 
   // Start of the slot (its header); the payload is at +kChunkPayloadOffset.
@@ -78,20 +79,14 @@ class HostTier {
   uint64_t capacity_bytes() const { return region_bytes_; }
   uint64_t used_bytes() const;   // bytes of published slots
   uint64_t chunk_count() const;  // published slots
-  // Free slots already carved for the class (evicting more is not needed while > 0).
-  uint64_t free_slots(uint32_t slot_class) const;
+  uint64_t free_bytes() const;  // in free extents (maybe fragmented)
   // "hugetlb", "transparent" or "none".
   const std::string& huge_pages() const { return huge_pages_; }
   uint8_t* region() const { return region_; }
 
  private:
   HostTier() = default;
-
-  struct SlotClass {
-    uint64_t slot_bytes = 0;
-    std::vector<uint64_t> offsets;     // region offset of each carved slot, by index
-    std::vector<uint32_t> free_list;   // indices of free slots
-  };
+  void FreeLocked(SlotId slot);  // requires mu_
 
   // Constant after Create.
   uint8_t* region_ = nullptr;
@@ -100,10 +95,11 @@ class HostTier {
   std::string huge_pages_;
 
   mutable std::mutex mu_;
-  // Guarded by mu_. Classes are never removed, so SlotAddress reads offsets of a
-  // carved slot under the lock.
-  std::vector<SlotClass> classes_;
-  uint64_t carved_bytes_ = 0;
+  // Guarded by mu_: free extents by offset (to merge neighbours) and by (size, offset)
+  // (best fit), and the published slots.
+  std::map<uint64_t, uint64_t> free_by_offset_;
+  std::set<std::pair<uint64_t, uint64_t>> free_by_size_;
+  uint64_t free_bytes_ = 0;
   uint64_t used_bytes_ = 0;
   std::unordered_map<ChunkKey, SlotId, ChunkKeyHash> by_key_;
 };

@@ -1,0 +1,314 @@
+// kvtier bench tiers: save and load throughput of a tier through the real Store,
+// next to the machine limit for the same bytes measured in the same run.
+//
+// host tier: the engine's KV lives in vLLM's NHD layout (per layer [K|V][block][token]
+// [head][dim]) with a Llama-3-8B shape (32 layers, 8 KV heads, head dim 128, bf16:
+// 128 KiB per token); the chunk size sets chunk_tokens. A save gathers the chunk's
+// blocks into a host slot, a load scatters it back: one copy each, by one worker
+// thread. The limit is a single-thread memcpy of the same chunk size over buffers of
+// the same sizes, so the ratio says how close a save or load comes to one memory copy.
+// Repetitions interleave limit, save and load; medians are printed.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "bench/bench.h"
+#include "kvtier/store.h"
+
+namespace kvtier::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr uint64_t kMiB = 1ull << 20;
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+struct EngineKv {
+  KvShape shape;
+  KvMemoryLayout layout;
+  std::vector<std::unique_ptr<uint8_t[]>> layers;
+  uint64_t layer_bytes = 0;
+};
+
+// vLLM FlashAttention layout per layer: [2][num_blocks][block_tokens][heads][head_dim].
+EngineKv MakeEngine(const KvShape& shape, uint32_t block_tokens, uint64_t total_bytes) {
+  EngineKv e;
+  e.shape = shape;
+  const uint64_t elem = DTypeSize(shape.dtype);
+  const uint64_t token = uint64_t{shape.num_kv_heads} * shape.head_dim * elem;
+  const uint64_t block = token * block_tokens;
+  const uint64_t per_block_all_layers = block * 2 * shape.num_layers;
+  const uint32_t num_blocks = static_cast<uint32_t>(std::max<uint64_t>(total_bytes / per_block_all_layers, 1));
+  e.layer_bytes = 2 * block * num_blocks;
+  e.layout.block_tokens = block_tokens;
+  e.layout.num_blocks = num_blocks;
+  std::mt19937_64 rng(42);
+  for (uint32_t l = 0; l < shape.num_layers; ++l) {
+    e.layers.emplace_back(new uint8_t[e.layer_bytes]);
+    uint64_t* w = reinterpret_cast<uint64_t*>(e.layers.back().get());
+    for (uint64_t i = 0; i < e.layer_bytes / 8; ++i) w[i] = rng();
+    KvLayerMemory m;
+    m.base = e.layers.back().get();
+    m.bytes = e.layer_bytes;
+    m.block_stride = block;
+    m.token_stride = token;
+    m.head_stride = uint64_t{shape.head_dim} * elem;
+    m.dim_stride = elem;
+    m.kv_offset = block * num_blocks;
+    e.layout.layers.push_back(m);
+  }
+  return e;
+}
+
+struct Workload {
+  Store* store;
+  NamespaceHandle ns;
+  uint32_t chunk_tokens;
+  uint32_t blocks_per_chunk;
+  uint32_t num_blocks;
+  uint32_t chunks_per_request;
+  uint64_t chunk_bytes;
+  uint32_t depth;
+  uint64_t next_id = 1;
+  std::deque<uint64_t> cached;  // ids of saved requests, oldest first
+  uint64_t max_cached = 0;
+
+  void Request(uint64_t id, std::vector<int32_t>* tokens, std::vector<int32_t>* blocks) const {
+    const uint32_t n = chunks_per_request * chunk_tokens;
+    tokens->resize(n);
+    for (uint32_t j = 0; j < n; ++j) (*tokens)[j] = static_cast<int32_t>(j);
+    (*tokens)[0] = static_cast<int32_t>(id);  // distinct first token: distinct chain of keys
+    (*tokens)[1 % n] ^= static_cast<int32_t>(id >> 31);
+    const uint32_t nb = chunks_per_request * blocks_per_chunk;
+    blocks->resize(nb);
+    for (uint32_t j = 0; j < nb; ++j) (*blocks)[j] = static_cast<int32_t>((id * nb + j) % num_blocks);
+  }
+
+  // Keeps `depth` tickets in flight for `seconds`; returns GB/s of chunks moved.
+  Result<double> Run(bool save, double seconds) {
+    struct InFlight {
+      Ticket t;
+      std::vector<int32_t> tokens, blocks;
+    };
+    std::deque<InFlight> q;
+    uint64_t bytes = 0;
+    size_t load_cursor = 0;
+    Status err;
+    const auto t0 = Clock::now();
+    const auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+    auto reap = [&](InFlight& f) {
+      Status s = f.t.Wait();
+      if (!s.ok() && err.ok()) err = s.WithContext(save ? "save: " : "load: ");
+      bytes += uint64_t{f.t.chunks_done()} * chunk_bytes;
+    };
+    while (Clock::now() < deadline || !q.empty()) {
+      if (Clock::now() < deadline && q.size() < depth) {
+        InFlight f;
+        uint64_t id;
+        if (save) {
+          id = next_id++;
+        } else {
+          if (cached.empty()) return Status::Internal("load: nothing cached to load");
+          id = cached[load_cursor++ % cached.size()];
+        }
+        Request(id, &f.tokens, &f.blocks);
+        Result<Ticket> t = save ? store->Save(ns, f.tokens, f.blocks) : store->Load(ns, f.tokens, f.blocks);
+        if (!t.ok()) return t.status();
+        f.t = std::move(*t);
+        q.push_back(std::move(f));
+        if (save) {
+          cached.push_back(id);
+          if (cached.size() > max_cached) cached.pop_front();
+        }
+        continue;
+      }
+      reap(q.front());
+      q.pop_front();
+    }
+    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (!err.ok()) return err;
+    return bytes / secs / 1e9;
+  }
+};
+
+// Single-thread memcpy of chunk_bytes at a time from a buffer the size of the engine's
+// KV into one the size of the host tier, cycling, for `seconds`.
+double MemcpyLimit(const uint8_t* src, uint64_t src_bytes, uint8_t* dst, uint64_t dst_bytes, uint64_t chunk_bytes,
+                   double seconds) {
+  const uint64_t src_slots = std::max<uint64_t>(src_bytes / chunk_bytes, 1);
+  const uint64_t dst_slots = std::max<uint64_t>(dst_bytes / chunk_bytes, 1);
+  uint64_t i = 0, bytes = 0;
+  const auto t0 = Clock::now();
+  double secs = 0;
+  do {
+    std::memcpy(dst + (i % dst_slots) * chunk_bytes, src + (i * 7 % src_slots) * chunk_bytes, chunk_bytes);
+    bytes += chunk_bytes;
+    ++i;
+    secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  } while (secs < seconds);
+  return bytes / secs / 1e9;
+}
+
+}  // namespace
+
+int RunBenchTiers(const std::vector<std::string>& argv) {
+  Result<Args> a = Args::Parse(argv,
+                               {"tier", "sizes", "seconds", "reps", "host-capacity-mib", "engine-mib", "workers",
+                                "depth"},
+                               {"json"});
+  if (!a.ok()) {
+    std::fprintf(stderr, "kvtier bench tiers: %s\n", a.status().message().c_str());
+    return 2;
+  }
+  const std::string tier = a->Get("tier", "host");
+  if (tier != "host") {
+    std::fprintf(stderr,
+                 "kvtier bench tiers: not supported yet: tier '%s' is not built in this version (available: host)\n",
+                 tier.c_str());
+    return 2;
+  }
+  auto sizes = a->GetDoubleList("sizes", {2, 8, 32});
+  auto seconds = a->GetDouble("seconds", 0.4);
+  auto reps = a->GetUint("reps", 5);
+  auto host_mib = a->GetUint("host-capacity-mib", 1024);
+  auto engine_mib = a->GetUint("engine-mib", 256);
+  auto workers = a->GetUint("workers", 1);
+  auto depth = a->GetUint("depth", 2);
+  for (const Status* s : {&sizes.status(), &seconds.status(), &reps.status(), &host_mib.status(),
+                          &engine_mib.status(), &workers.status(), &depth.status()}) {
+    if (!s->ok()) {
+      std::fprintf(stderr, "kvtier bench tiers: %s\n", s->message().c_str());
+      return 2;
+    }
+  }
+  if (*reps == 0 || *depth == 0 || *workers == 0) {
+    std::fprintf(stderr, "kvtier bench tiers: --reps, --depth and --workers must be at least 1\n");
+    return 2;
+  }
+  const bool json = a->Has("json");
+
+  KvShape shape;  // Llama-3-8B: 32 layers x 8 KV heads x 128 dims, bf16 = 128 KiB per token
+  shape.num_layers = 32;
+  shape.num_kv_heads = 8;
+  shape.head_dim = 128;
+  shape.dtype = DType::kBFloat16;
+  const uint64_t token_bytes = ChunkPayloadBytes([&] {
+    KvShape s = shape;
+    s.chunk_tokens = 1;
+    return s;
+  }());
+
+  StoreConfig cfg;
+  cfg.host_capacity_bytes = *host_mib * kMiB;
+  cfg.worker_threads = static_cast<uint32_t>(*workers);
+  Result<std::unique_ptr<Store>> store = Store::Open(cfg);
+  if (!store.ok()) {
+    std::fprintf(stderr, "kvtier bench tiers: %s\n", store.status().ToString().c_str());
+    return 1;
+  }
+  const std::string huge = (*store)->Stats().huge_pages;
+  std::vector<uint8_t> dst(cfg.host_capacity_bytes);
+  std::memset(dst.data(), 1, dst.size());
+  if (!json)
+    std::printf("kvtier bench tiers: tier=host shape=llama3-8b (128 KiB/token, NHD layout) host=%llu MiB "
+                "engine=%llu MiB workers=%llu depth=%llu huge_pages=%s reps=%llu\n",
+                static_cast<unsigned long long>(*host_mib), static_cast<unsigned long long>(*engine_mib),
+                static_cast<unsigned long long>(*workers), static_cast<unsigned long long>(*depth), huge.c_str(),
+                static_cast<unsigned long long>(*reps));
+
+  int rc = 0;
+  for (double mib : *sizes) {
+    const uint32_t chunk_tokens =
+        static_cast<uint32_t>(std::llround(mib * static_cast<double>(kMiB) / static_cast<double>(token_bytes)));
+    if (chunk_tokens == 0) {
+      std::fprintf(stderr, "kvtier bench tiers: --sizes %.3f MiB is smaller than one token (%llu bytes)\n", mib,
+                   static_cast<unsigned long long>(token_bytes));
+      return 2;
+    }
+    NamespaceSpec spec;
+    spec.model.name = "bench/llama3-8b-shape";
+    spec.model.revision = "bench";
+    spec.shape = shape;
+    spec.shape.chunk_tokens = chunk_tokens;
+    const uint32_t block_tokens = chunk_tokens % 16 == 0 ? 16 : chunk_tokens;
+    EngineKv engine = MakeEngine(spec.shape, block_tokens, *engine_mib * kMiB);
+    Result<NamespaceHandle> ns = (*store)->RegisterNamespace(spec, engine.layout);
+    if (!ns.ok()) {
+      std::fprintf(stderr, "kvtier bench tiers: %s\n", ns.status().ToString().c_str());
+      return 1;
+    }
+    Workload w;
+    w.store = store->get();
+    w.ns = *ns;
+    w.chunk_tokens = chunk_tokens;
+    w.blocks_per_chunk = chunk_tokens / block_tokens;
+    w.num_blocks = engine.layout.num_blocks;
+    w.chunk_bytes = ChunkPayloadBytes(spec.shape);
+    // Requests of about 32 MiB, as many chunks as the engine memory allows.
+    w.chunks_per_request = static_cast<uint32_t>(std::clamp<uint64_t>(
+        32 * kMiB / w.chunk_bytes, 1, std::max<uint64_t>(w.num_blocks / w.blocks_per_chunk, 1)));
+    w.depth = static_cast<uint32_t>(*depth);
+    const uint64_t slot_bytes = w.chunk_bytes + 8192;
+    const uint64_t request_slots = w.chunks_per_request;
+    const uint64_t capacity_chunks = cfg.host_capacity_bytes / slot_bytes;
+    if (capacity_chunks < 2 * request_slots * (w.depth + 1)) {
+      std::fprintf(stderr, "kvtier bench tiers: host capacity %llu MiB is too small for %.1f MiB chunks; raise "
+                   "--host-capacity-mib\n", static_cast<unsigned long long>(*host_mib), mib);
+      return 2;
+    }
+    // Loads cycle over requests that are certainly still cached.
+    w.max_cached = capacity_chunks / request_slots - w.depth - 1;
+
+    std::vector<double> lim, sv, ld;
+    const uint8_t* src = engine.layers[0].get();
+    for (uint64_t r = 0; r < *reps; ++r) {
+      lim.push_back(MemcpyLimit(src, engine.layer_bytes, dst.data(), dst.size(), w.chunk_bytes, *seconds));
+      Result<double> s = w.Run(true, *seconds);
+      Result<double> l = s.ok() ? w.Run(false, *seconds) : Result<double>(s.status());
+      if (!l.ok()) {
+        std::fprintf(stderr, "kvtier bench tiers: %s\n", l.status().ToString().c_str());
+        return 1;
+      }
+      sv.push_back(*s);
+      ld.push_back(*l);
+    }
+    const double limit = Median(lim);
+    for (int op = 0; op < 2; ++op) {
+      const double g = Median(op == 0 ? sv : ld);
+      Report rep(json);
+      rep.Add("bench", "tiers")
+          .Add("tier", "host")
+          .Add("op", op == 0 ? "save" : "load")
+          .Add("chunk_bytes", w.chunk_bytes)
+          .Add("chunk_tokens", uint64_t{chunk_tokens})
+          .Add("chunks_per_request", uint64_t{w.chunks_per_request})
+          .Add("gbps", g)
+          .Add("limit_gbps", limit)
+          .Add("ratio", limit > 0 ? g / limit : 0.0)
+          .Add("limit", "single-thread memcpy")
+          .Add("workers", *workers)
+          .Add("reps", *reps);
+      rep.Print();
+    }
+    if (!(*store)->UnregisterNamespace(*ns).ok()) rc = 1;
+  }
+  const StoreStats st = (*store)->Stats();
+  if (!json)
+    std::printf("store: saved_chunks=%llu loaded_chunks=%llu evictions=%llu corrupt=%llu load_failed=%llu\n",
+                static_cast<unsigned long long>(st.saved_chunks), static_cast<unsigned long long>(st.loaded_chunks),
+                static_cast<unsigned long long>(st.evictions), static_cast<unsigned long long>(st.corrupt_chunks),
+                static_cast<unsigned long long>(st.load_failed_chunks));
+  return rc;
+}
+
+}  // namespace kvtier::bench

@@ -1,0 +1,67 @@
+// kvtier: the command-line tool. Subcommands dispatch to bench/ and, as they land,
+// to the daemon client.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "bench/bench.h"
+
+namespace {
+
+const char kUsage[] =
+    "kvtier — tiered KV-cache storage for LLM inference\n"
+    "\n"
+    "usage: kvtier <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  bench tiers   save/load throughput of a tier through the real Store, next to the\n"
+    "                machine limit measured in the same run (memcpy for the host tier)\n"
+    "      --tier host            tier to measure (host; nvme and redis are not built yet)\n"
+    "      --sizes 2,8,32         chunk sizes in MiB (Llama-3-8B shape: 128 KiB per token)\n"
+    "      --seconds 0.4          time per measurement\n"
+    "      --reps 5               repetitions (limit, save, load interleaved; medians)\n"
+    "      --host-capacity-mib 1024  --engine-mib 256  --workers 1  --depth 2\n"
+    "      --json                 one JSON object per result line\n"
+    "  bench index   lookup latency of a long fully cached prompt in a large index\n"
+    "      --chunks 250000  --prompt-tokens 131072  --chunk-tokens 256  --iters 300  --json\n"
+    "  version       print the version\n"
+    "  help          this text (also --help, -h)\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  const std::string& cmd = args[0];
+  if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (cmd == "version" || cmd == "--version") {
+    std::printf("kvtier 0.1.0\n");
+    return 0;
+  }
+  if (cmd == "bench") {
+    if (args.size() < 2 || args[1] == "--help" || args[1] == "-h") {
+      std::fputs(kUsage, args.size() < 2 ? stderr : stdout);
+      return args.size() < 2 ? 2 : 0;
+    }
+    std::vector<std::string> rest(args.begin() + 2, args.end());
+    for (const std::string& r : rest) {
+      if (r == "--help" || r == "-h") {
+        std::fputs(kUsage, stdout);
+        return 0;
+      }
+    }
+    if (args[1] == "tiers") return kvtier::bench::RunBenchTiers(rest);
+    if (args[1] == "index") return kvtier::bench::RunBenchIndex(rest);
+    std::fprintf(stderr, "kvtier bench: unknown benchmark '%s' (tiers, index)\n", args[1].c_str());
+    return 2;
+  }
+  std::fprintf(stderr, "kvtier: unknown command '%s'; see kvtier --help\n", cmd.c_str());
+  return 2;
+}
