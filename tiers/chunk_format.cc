@@ -91,6 +91,10 @@ Result<ChunkHeader> DecodeChunkHeader(std::span<const uint8_t> bytes) {
   if (Get16(p + 6) != kChunkHeaderBytes) return Status::Corruption("chunk header: bad header size");
   if (Get64(p + kHeaderChecksumOffset) != XXH3_64bits(p, kHeaderChecksumOffset))
     return Status::Corruption("chunk header: header checksum mismatch");
+  for (size_t i : {size_t{59}, size_t{60}, size_t{61}, size_t{62}, size_t{63}})
+    if (p[i] != 0) return Status::Corruption("chunk header: reserved bytes are not zero");
+  for (size_t i = 88; i < kHeaderChecksumOffset; ++i)
+    if (p[i] != 0) return Status::Corruption("chunk header: reserved bytes are not zero");
   ChunkHeader h;
   GetHash(p + 8, &h.ns);
   GetHash(p + 24, &h.key);

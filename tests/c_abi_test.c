@@ -1,0 +1,205 @@
+/* The C ABI, exercised from C: lifecycle, round trip, partial loads, bad input, use
+ * after close. Exits non-zero on the first failed check. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvtier/kvtier.h"
+
+static int failures = 0;
+#define CHECK(cond)                                                   \
+  do {                                                                \
+    if (!(cond)) {                                                    \
+      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      failures++;                                                     \
+    }                                                                 \
+  } while (0)
+
+enum { kLayers = 2, kHeads = 2, kDim = 8, kBlockTokens = 4, kBlocks = 32, kChunkTokens = 8 };
+#define ELEM 2 /* fp16 */
+#define BLOCK_BYTES ((size_t)kBlockTokens * kHeads * kDim * ELEM)
+#define LAYER_BYTES (2 * BLOCK_BYTES * kBlocks)
+
+static uint8_t kv[kLayers][LAYER_BYTES];
+
+static void describe(kvt_kv_layout* layout, kvt_layer_memory* layers) {
+  kvt_kv_layout_init(layout);
+  layout->block_tokens = kBlockTokens;
+  layout->num_blocks = kBlocks;
+  layout->num_layers = kLayers;
+  layout->layers = layers;
+  for (int l = 0; l < kLayers; ++l) {
+    layers[l].base = kv[l];
+    layers[l].bytes = LAYER_BYTES;
+    layers[l].block_stride = BLOCK_BYTES;
+    layers[l].token_stride = (uint64_t)kHeads * kDim * ELEM;
+    layers[l].head_stride = (uint64_t)kDim * ELEM;
+    layers[l].dim_stride = ELEM;
+    layers[l].kv_offset = BLOCK_BYTES * kBlocks;
+  }
+}
+
+static void spec_init(kvt_namespace_spec* s, const char* revision) {
+  kvt_namespace_spec_init(s);
+  s->model_name = "test/c-abi";
+  s->model_revision = revision;
+  s->num_layers = kLayers;
+  s->num_kv_heads = kHeads;
+  s->head_dim = kDim;
+  s->dtype = KVT_DTYPE_FLOAT16;
+  s->chunk_tokens = kChunkTokens;
+}
+
+static uint8_t* block_part(int layer, int kvi, int block) {
+  return kv[layer] + (size_t)kvi * BLOCK_BYTES * kBlocks + (size_t)block * BLOCK_BYTES;
+}
+
+int main(void) {
+  char err[256] = {0};
+  kvt_store* store = NULL;
+  kvt_store_options opts;
+  kvt_store_options_init(&opts);
+  opts.host_capacity_bytes = 4u << 20;
+  opts.huge_pages = KVT_HUGE_PAGES_OFF;
+  CHECK(kvt_store_open(&opts, &store, err, sizeof err) == KVT_OK);
+  CHECK(store != NULL);
+  if (store == NULL) return 1;
+
+  /* Bad options: refused with a message. */
+  kvt_store* bad_store = NULL;
+  kvt_store_options bad_opts = opts;
+  bad_opts.struct_size = 3;
+  CHECK(kvt_store_open(&bad_opts, &bad_store, err, sizeof err) == KVT_E_INVALID_ARGUMENT);
+  CHECK(bad_store == NULL);
+  CHECK(strstr(err, "struct_size") != NULL);
+  bad_opts = opts;
+  bad_opts.worker_threads = 0;
+  CHECK(kvt_store_open(&bad_opts, &bad_store, err, sizeof err) == KVT_E_INVALID_ARGUMENT);
+
+  kvt_layer_memory layers[kLayers];
+  kvt_kv_layout layout;
+  describe(&layout, layers);
+  kvt_namespace_spec spec;
+  spec_init(&spec, "r1");
+  kvt_namespace* ns = NULL;
+  CHECK(kvt_namespace_register(store, &spec, &layout, &ns) == KVT_OK);
+  if (ns == NULL) return 1;
+
+  /* Wrong layout: refused, message names the problem. */
+  kvt_namespace* bad_ns = NULL;
+  kvt_kv_layout short_layout = layout;
+  kvt_layer_memory short_layers[kLayers];
+  memcpy(short_layers, layers, sizeof layers);
+  short_layers[1].bytes = 100;
+  short_layout.layers = short_layers;
+  CHECK(kvt_namespace_register(store, &spec, &short_layout, &bad_ns) == KVT_E_INVALID_ARGUMENT);
+  CHECK(bad_ns == NULL);
+  CHECK(strlen(kvt_store_last_error(store)) > 0);
+  short_layout = layout;
+  short_layout.num_layers = kLayers - 1;
+  CHECK(kvt_namespace_register(store, &spec, &short_layout, &bad_ns) == KVT_E_INVALID_ARGUMENT);
+  short_layout = layout;
+  short_layout.layers = NULL;
+  CHECK(kvt_namespace_register(store, &spec, &short_layout, &bad_ns) == KVT_E_INVALID_ARGUMENT);
+  CHECK(kvt_namespace_register(store, NULL, &layout, &bad_ns) == KVT_E_INVALID_ARGUMENT);
+  CHECK(kvt_namespace_register(NULL, &spec, &layout, &bad_ns) == KVT_E_INVALID_ARGUMENT);
+
+  /* Save 3 chunks (24 tokens, 6 blocks) from blocks 0..5. */
+  int32_t tokens[24];
+  for (int i = 0; i < 24; ++i) tokens[i] = 1000 + i * 7;
+  int32_t src[6] = {0, 1, 2, 3, 4, 5};
+  int32_t dst[6] = {10, 11, 12, 13, 14, 15};
+  for (int l = 0; l < kLayers; ++l)
+    for (int k = 0; k < 2; ++k)
+      for (int b = 0; b < 6; ++b)
+        for (size_t i = 0; i < BLOCK_BYTES; ++i) block_part(l, k, b)[i] = (uint8_t)(l * 131 + k * 17 + b * 29 + i);
+
+  kvt_lookup_result lr;
+  CHECK(kvt_lookup(ns, tokens, 24, NULL, 0, &lr, NULL, 0) == KVT_OK);
+  CHECK(lr.matched_tokens == 0 && lr.total_chunks == 3);
+
+  kvt_ticket* t = NULL;
+  CHECK(kvt_save(ns, tokens, 24, src, 6, NULL, 0, &t) == KVT_OK);
+  uint32_t done = 0;
+  CHECK(kvt_ticket_wait(t, -1, &done) == KVT_OK);
+  CHECK(done == 3);
+  CHECK(kvt_ticket_poll(t, &done) == KVT_OK);
+  kvt_ticket_release(t);
+
+  uint8_t tiers[8] = {9, 9, 9, 9, 9, 9, 9, 9};
+  CHECK(kvt_lookup(ns, tokens, 24, NULL, 0, &lr, tiers, 8) == KVT_OK);
+  CHECK(lr.matched_tokens == 24 && lr.matched_chunks == 3);
+  CHECK(tiers[0] == KVT_TIER_HOST && tiers[2] == KVT_TIER_HOST && tiers[3] == 9);
+
+  /* Load back into blocks 10..15 and compare. */
+  CHECK(kvt_load(ns, tokens, 24, dst, 6, NULL, 0, &t) == KVT_OK);
+  CHECK(kvt_ticket_wait(t, 10 * 1000 * 1000, &done) == KVT_OK);
+  CHECK(done == 3);
+  kvt_ticket_release(t);
+  for (int l = 0; l < kLayers; ++l)
+    for (int k = 0; k < 2; ++k)
+      for (int b = 0; b < 6; ++b) CHECK(memcmp(block_part(l, k, b), block_part(l, k, 10 + b), BLOCK_BYTES) == 0);
+
+  /* A longer request loads the cached prefix and reports the rest as not found. */
+  int32_t longer[40];
+  memcpy(longer, tokens, sizeof tokens);
+  for (int i = 24; i < 40; ++i) longer[i] = i;
+  int32_t dst10[10] = {16, 17, 18, 19, 20, 21, 22, 23, 24, 25};
+  CHECK(kvt_load(ns, longer, 40, dst10, 10, NULL, 0, &t) == KVT_OK);
+  CHECK(kvt_ticket_wait(t, -1, &done) == KVT_E_NOT_FOUND);
+  CHECK(done == 3);
+  CHECK(strstr(kvt_ticket_last_error(t), "recompute from token 24") != NULL);
+  kvt_ticket_release(t);
+
+  /* Another revision of the model: a miss. */
+  kvt_namespace_spec spec2;
+  spec_init(&spec2, "r2");
+  kvt_namespace* ns2 = NULL;
+  CHECK(kvt_namespace_register(store, &spec2, &layout, &ns2) == KVT_OK);
+  CHECK(kvt_lookup(ns2, tokens, 24, NULL, 0, &lr, NULL, 0) == KVT_OK);
+  CHECK(lr.matched_tokens == 0);
+
+  /* Bad input on operations: a clear error, no ticket. */
+  t = (kvt_ticket*)1;
+  CHECK(kvt_save(ns, tokens, 24, src, 5, NULL, 0, &t) == KVT_E_INVALID_ARGUMENT);
+  CHECK(t == NULL);
+  CHECK(strstr(kvt_namespace_last_error(ns), "block ids") != NULL);
+  CHECK(kvt_save(ns, NULL, 24, src, 6, NULL, 0, &t) == KVT_E_INVALID_ARGUMENT);
+  CHECK(kvt_load(ns, tokens, 24, NULL, 6, NULL, 0, &t) == KVT_E_INVALID_ARGUMENT);
+  CHECK(kvt_save(ns, tokens, 24, src, 6, NULL, 0, NULL) == KVT_E_INVALID_ARGUMENT);
+  int32_t bad_blocks[6] = {0, 1, 2, 3, 4, kBlocks};
+  CHECK(kvt_load(ns, tokens, 24, bad_blocks, 6, NULL, 0, &t) == KVT_E_INVALID_ARGUMENT);
+  CHECK(kvt_lookup(ns, tokens, 24, NULL, 0, NULL, NULL, 0) == KVT_E_INVALID_ARGUMENT);
+  CHECK(kvt_lookup(NULL, tokens, 24, NULL, 0, &lr, NULL, 0) == KVT_E_INVALID_ARGUMENT);
+  kvt_extra_key extras[2] = {{1, 5, 5}, {0, 5, 5}};
+  CHECK(kvt_lookup(ns, tokens, 24, extras, 2, &lr, NULL, 0) == KVT_E_INVALID_ARGUMENT);
+  CHECK(kvt_ticket_poll(NULL, &done) == KVT_E_INVALID_ARGUMENT);
+  CHECK(strcmp(kvt_status_name(KVT_E_NOT_FOUND), "not found") == 0);
+  CHECK(strcmp(kvt_status_name(KVT_IN_PROGRESS), "in progress") == 0);
+
+  /* The data is intact after all that. */
+  CHECK(kvt_lookup(ns, tokens, 24, NULL, 0, &lr, NULL, 0) == KVT_OK);
+  CHECK(lr.matched_chunks == 3);
+
+  /* Use after close: namespace handles stay callable and say the store is closed. */
+  kvt_ticket* pending = NULL;
+  CHECK(kvt_load(ns, tokens, 24, dst, 6, NULL, 0, &pending) == KVT_OK);
+  CHECK(kvt_store_close(store) == KVT_OK);
+  int prc = kvt_ticket_wait(pending, -1, &done);
+  CHECK(prc == KVT_OK || prc == KVT_E_CANCELLED);
+  kvt_ticket_release(pending);
+  CHECK(kvt_lookup(ns, tokens, 24, NULL, 0, &lr, NULL, 0) == KVT_E_CLOSED);
+  CHECK(strstr(kvt_namespace_last_error(ns), "closed") != NULL);
+  CHECK(kvt_save(ns, tokens, 24, src, 6, NULL, 0, &t) == KVT_E_CLOSED);
+  CHECK(kvt_namespace_release(ns) == KVT_OK);
+  CHECK(kvt_namespace_release(ns2) == KVT_OK);
+  kvt_ticket_release(NULL);
+
+  if (failures) {
+    fprintf(stderr, "c_abi_test: %d checks failed\n", failures);
+    return 1;
+  }
+  printf("c_abi_test: all checks passed\n");
+  return 0;
+}
