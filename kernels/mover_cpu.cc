@@ -19,9 +19,7 @@ namespace {
 static_assert(sizeof(uintptr_t) == sizeof(uint64_t) && sizeof(size_t) == sizeof(uint64_t),
               "the Mover keeps addresses and run lengths in 64 bits");
 
-std::string LayerField(size_t layer, const char* field) {
-  return "layers[" + std::to_string(layer) + "]." + field;
-}
+std::string LayerField(size_t layer, const char* field) { return "layers[" + std::to_string(layer) + "]." + field; }
 
 // acc += a * b; false when the product or the sum overflows 64 bits.
 bool CheckedMulAdd(uint64_t& acc, uint64_t a, uint64_t b) {
@@ -63,20 +61,21 @@ Result<LayerGeometry> BuildLayer(const KvLayerMemory& m, size_t i, const ChunkGe
   KVTIER_RETURN_IF_ERROR(CheckStride(i, "dim_stride", l.dim_stride, g.head_dim, "elements in a head"));
 
   // EngineExtent() in checked arithmetic first: an extent that wraps would pass the bytes check.
+  const uint64_t terms[][2] = {{g.num_kv - 1u, l.kv_offset},
+                               {g.num_blocks - 1u, l.block_stride},
+                               {g.block_tokens - 1u, l.token_stride},
+                               {g.num_heads - 1u, l.head_stride},
+                               {g.head_dim - 1u, l.dim_stride}};
   uint64_t extent = g.elem_bytes;
-  const bool fits = CheckedMulAdd(extent, g.num_kv - 1, l.kv_offset) &&
-                    CheckedMulAdd(extent, g.num_blocks - 1, l.block_stride) &&
-                    CheckedMulAdd(extent, g.block_tokens - 1, l.token_stride) &&
-                    CheckedMulAdd(extent, g.num_heads - 1, l.head_stride) &&
-                    CheckedMulAdd(extent, g.head_dim - 1, l.dim_stride);
+  bool fits = true;
+  for (const auto& [count, stride] : terms) fits = fits && CheckedMulAdd(extent, count, stride);
   uint64_t end = 0;
   if (!fits || __builtin_add_overflow(l.base, extent, &end))
     return Status::InvalidArgument(
         "kv layout: layer " + std::to_string(i) + " overflows 64 bits over " + std::to_string(g.num_blocks) +
-        " blocks (block_stride " + std::to_string(l.block_stride) + ", token_stride " +
-        std::to_string(l.token_stride) + ", head_stride " + std::to_string(l.head_stride) + ", dim_stride " +
-        std::to_string(l.dim_stride) + ", kv_offset " + std::to_string(l.kv_offset) +
-        "); strides are byte distances within the layer's tensor");
+        " blocks (block_stride " + std::to_string(l.block_stride) + ", token_stride " + std::to_string(l.token_stride) +
+        ", head_stride " + std::to_string(l.head_stride) + ", dim_stride " + std::to_string(l.dim_stride) +
+        ", kv_offset " + std::to_string(l.kv_offset) + "); strides are byte distances within the layer's tensor");
   extent = EngineExtent(l, g);
   if (extent > l.bytes)
     return Status::InvalidArgument("kv layout: layer " + std::to_string(i) + " needs " + std::to_string(extent) +
@@ -100,9 +99,7 @@ inline void CopyRun(uint8_t* engine, PayloadPtr<kGather> payload, size_t n) {
   }
 }
 
-inline uint8_t* EngineAddress(uint64_t address) {
-  return reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(address));
-}
+inline uint8_t* EngineAddress(uint64_t address) { return reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(address)); }
 
 // Moves one layer of the chunk. `l` and `g` are taken by value so that the compiler
 // knows the copies cannot alias them and keeps them in registers. kElem is the element
@@ -209,8 +206,8 @@ Result<Mover> Mover::Create(const KvShape& shape, const KvMemoryLayout& layout) 
     payload_fits = payload_fits && !__builtin_mul_overflow(payload, factor, &payload);
   if (!payload_fits)
     return Status::InvalidArgument("kv shape: a chunk of " + std::to_string(g.chunk_tokens) + " tokens x " +
-                                   std::to_string(g.num_heads) + " heads x " + std::to_string(g.head_dim) +
-                                   " dims x " + std::to_string(g.num_layers) +
+                                   std::to_string(g.num_heads) + " heads x " + std::to_string(g.head_dim) + " dims x " +
+                                   std::to_string(g.num_layers) +
                                    " layers overflows 64 bits; check shape.chunk_tokens and the shape");
 
   m.layers_.reserve(layout.layers.size());
@@ -236,9 +233,9 @@ Status Mover::CheckArgs(std::span<const int32_t> block_ids, const void* payload,
                                    " block ids were given; pass one id per block of the chunk");
   for (size_t i = 0; i < block_ids.size(); ++i) {
     if (block_ids[i] < 0 || static_cast<uint32_t>(block_ids[i]) >= geom_.num_blocks)
-      return Status::InvalidArgument("mover: block_ids[" + std::to_string(i) + "] is " +
-                                     std::to_string(block_ids[i]) + ", outside [0, " +
-                                     std::to_string(geom_.num_blocks) + "); pass ids of the registered layout");
+      return Status::InvalidArgument("mover: block_ids[" + std::to_string(i) + "] is " + std::to_string(block_ids[i]) +
+                                     ", outside [0, " + std::to_string(geom_.num_blocks) +
+                                     "); pass ids of the registered layout");
   }
   if (payload == nullptr) return Status::InvalidArgument("mover: payload is null; pass the chunk's payload buffer");
   if (payload_bytes < this->payload_bytes())
@@ -248,16 +245,16 @@ Status Mover::CheckArgs(std::span<const int32_t> block_ids, const void* payload,
   if (static_cast<uint64_t>(first_layer) + num_layers > geom_.num_layers)
     return Status::InvalidArgument("mover: layers [" + std::to_string(first_layer) + ", " +
                                    std::to_string(static_cast<uint64_t>(first_layer) + num_layers) +
-                                   ") are outside the " + std::to_string(geom_.num_layers) +
-                                   " layers; keep first_layer + num_layers <= num_layers");
+                                   ") are outside the chunk's " + std::to_string(geom_.num_layers) +
+                                   " layers; pass first_layer + num_layers <= " + std::to_string(geom_.num_layers));
   return Status::OK();
 }
 
-Status Mover::Gather(std::span<const int32_t> block_ids, void* payload, uint64_t payload_bytes,
-                     uint32_t first_layer, uint32_t num_layers) const {
+Status Mover::Gather(std::span<const int32_t> block_ids, void* payload, uint64_t payload_bytes, uint32_t first_layer,
+                     uint32_t num_layers) const {
   KVTIER_RETURN_IF_ERROR(CheckArgs(block_ids, payload, payload_bytes, first_layer, num_layers));
-  MoveLayers<true>(geom_, layers_.data(), runs_.data(), block_ids.data(), static_cast<uint8_t*>(payload),
-                   first_layer, num_layers);
+  MoveLayers<true>(geom_, layers_.data(), runs_.data(), block_ids.data(), static_cast<uint8_t*>(payload), first_layer,
+                   num_layers);
   return Status::OK();
 }
 
