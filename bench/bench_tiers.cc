@@ -101,6 +101,20 @@ struct Workload {
       std::vector<int32_t> tokens, blocks;
     };
     std::deque<InFlight> q;
+    if (!save) {
+      // Load what the cache holds now: earlier loads re-touched older requests, so LRU may
+      // have evicted some recent saves instead. No saves run during a load phase, so
+      // nothing found here is evicted before it is loaded.
+      std::deque<uint64_t> held;
+      std::vector<int32_t> tokens, blocks;
+      for (uint64_t id : cached) {
+        Request(id, &tokens, &blocks);
+        Result<LookupResult> r = store->Lookup(ns, tokens);
+        if (!r.ok()) return r.status();
+        if (r->matched_chunks == chunks_per_request) held.push_back(id);
+      }
+      cached.swap(held);
+    }
     uint64_t bytes = 0;
     size_t load_cursor = 0;
     Status err;
@@ -217,8 +231,11 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
     return 1;
   }
   const std::string huge = (*store)->Stats().huge_pages;
-  std::vector<uint8_t> dst(cfg.host_capacity_bytes);
+  // The limit's buffers have the sizes of the engine's KV and of the host tier, so that
+  // both sides of the limit's copies come from DRAM, as the Store's do.
+  std::vector<uint8_t> dst(cfg.host_capacity_bytes), src(*engine_mib * kMiB);
   std::memset(dst.data(), 1, dst.size());
+  std::memset(src.data(), 2, src.size());
   if (!json)
     std::printf("kvtier bench tiers: tier=host shape=llama3-8b (128 KiB/token, NHD layout) host=%llu MiB "
                 "engine=%llu MiB workers=%llu depth=%llu huge_pages=%s reps=%llu\n",
@@ -270,9 +287,8 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
     w.max_cached = capacity_chunks / request_slots - w.depth - 1;
 
     std::vector<double> lim, sv, ld;
-    const uint8_t* src = engine.layers[0].get();
     for (uint64_t r = 0; r < *reps; ++r) {
-      lim.push_back(MemcpyLimit(src, engine.layer_bytes, dst.data(), dst.size(), w.chunk_bytes, *seconds));
+      lim.push_back(MemcpyLimit(src.data(), src.size(), dst.data(), dst.size(), w.chunk_bytes, *seconds));
       Result<double> s = w.Run(true, *seconds);
       Result<double> l = s.ok() ? w.Run(false, *seconds) : Result<double>(s.status());
       if (!l.ok()) {

@@ -2,6 +2,9 @@
 
 #define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
 #include <xxhash.h>
+#if defined(__x86_64__)
+#include <xxh_x86dispatch.h>  // picks the AVX2/AVX-512 XXH3 kernels at run time
+#endif
 
 #include <cstdio>
 #include <cstring>

@@ -1,6 +1,9 @@
 #include "tiers/chunk_format.h"
 
 #include <xxhash.h>
+#if defined(__x86_64__)
+#include <xxh_x86dispatch.h>  // picks the AVX2/AVX-512 XXH3 kernels at run time
+#endif
 
 #include <cstring>
 #include <string>
