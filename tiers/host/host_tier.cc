@@ -59,9 +59,7 @@ Result<std::unique_ptr<HostTier>> HostTier::Create(const HostTierOptions& option
     }
   }
   t->region_ = static_cast<uint8_t*>(p);
-  t->free_by_offset_.emplace(0, t->region_bytes_);
-  t->free_by_size_.emplace(t->region_bytes_, 0);
-  t->free_bytes_ = t->region_bytes_;
+  t->space_ = std::make_unique<ExtentAllocator>(t->region_bytes_, kAlign);
   return t;
 }
 
@@ -83,46 +81,16 @@ Result<SlotId> HostTier::Allocate(uint64_t payload_bytes) {
   KVTIER_RETURN_IF_ERROR(CheckFits(payload_bytes));
   const uint64_t need = SlotBytes(payload_bytes);
   std::lock_guard<std::mutex> l(mu_);
-  auto it = free_by_size_.lower_bound({need, 0});
-  if (it == free_by_size_.end())
+  std::optional<uint64_t> off = space_->Allocate(need);
+  if (!off)
     return Status::NoSpace("host tier: no free extent of " + std::to_string(need) + " bytes in the region of " +
                            std::to_string(region_bytes_) + " bytes");
-  const uint64_t off = it->second, len = it->first;
-  free_by_size_.erase(it);
-  free_by_offset_.erase(off);
-  if (len > need) {
-    free_by_offset_.emplace(off + need, len - need);
-    free_by_size_.emplace(len - need, off + need);
-  }
-  free_bytes_ -= need;
-  return SlotId{off, need};
-}
-
-void HostTier::FreeLocked(SlotId slot) {
-  uint64_t off = slot.offset, len = slot.bytes;
-  auto next = free_by_offset_.lower_bound(off);
-  if (next != free_by_offset_.end() && next->first == off + len) {  // merge with the extent after
-    len += next->second;
-    free_by_size_.erase({next->second, next->first});
-    next = free_by_offset_.erase(next);
-  }
-  if (next != free_by_offset_.begin()) {  // merge with the extent before
-    auto prev = std::prev(next);
-    if (prev->first + prev->second == off) {
-      off = prev->first;
-      len += prev->second;
-      free_by_size_.erase({prev->second, prev->first});
-      free_by_offset_.erase(prev);
-    }
-  }
-  free_by_offset_.emplace(off, len);
-  free_by_size_.emplace(len, off);
-  free_bytes_ += slot.bytes;
+  return SlotId{*off, need};
 }
 
 void HostTier::Free(SlotId slot) {
   std::lock_guard<std::mutex> l(mu_);
-  FreeLocked(slot);
+  space_->Free(slot.offset, slot.bytes);
 }
 
 uint8_t* HostTier::SlotAddress(SlotId slot) const { return region_ + slot.offset; }
@@ -149,7 +117,7 @@ bool HostTier::Remove(const ChunkKey& key) {
   SlotId s = it->second;
   by_key_.erase(it);
   used_bytes_ -= s.bytes;
-  FreeLocked(s);
+  space_->Free(s.offset, s.bytes);
   return true;
 }
 
@@ -165,7 +133,7 @@ uint64_t HostTier::chunk_count() const {
 
 uint64_t HostTier::free_bytes() const {
   std::lock_guard<std::mutex> l(mu_);
-  return free_bytes_;
+  return space_->free_bytes();
 }
 
 }  // namespace kvtier

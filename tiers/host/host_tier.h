@@ -23,8 +23,6 @@
 #define KVTIER_TIERS_HOST_HOST_TIER_H_
 
 #include <cstdint>
-#include <map>
-#include <set>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -34,6 +32,7 @@
 #include "index/chunk_key.h"
 #include "kvtier/status.h"
 #include "kvtier/store.h"
+#include "tiers/extent_allocator.h"
 
 namespace kvtier {
 
@@ -86,7 +85,6 @@ class HostTier {
 
  private:
   HostTier() = default;
-  void FreeLocked(SlotId slot);  // requires mu_
 
   // Constant after Create.
   uint8_t* region_ = nullptr;
@@ -95,11 +93,8 @@ class HostTier {
   std::string huge_pages_;
 
   mutable std::mutex mu_;
-  // Guarded by mu_: free extents by offset (to merge neighbours) and by (size, offset)
-  // (best fit), and the published slots.
-  std::map<uint64_t, uint64_t> free_by_offset_;
-  std::set<std::pair<uint64_t, uint64_t>> free_by_size_;
-  uint64_t free_bytes_ = 0;
+  // Guarded by mu_: free space and the published slots.
+  std::unique_ptr<ExtentAllocator> space_;
   uint64_t used_bytes_ = 0;
   std::unordered_map<ChunkKey, SlotId, ChunkKeyHash> by_key_;
 };
