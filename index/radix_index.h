@@ -22,9 +22,10 @@
 //     so that their ticks compare), advanced by Match(touch) and Insert.
 //   - Match cost is linear in the matched chunks, never in the number of cached ones.
 //
-// Thread-safety: every method may be called from any thread. Match, Contains and
-// Unpin take a shared lock (touch and pin are atomics); Insert, SetResident,
-// ClearResident, Erase and LruLeaves take an exclusive lock, and are brief.
+// Thread-safety: every method may be called from any thread. Match, Pin, Unpin,
+// Residency and PinCount take a shared lock (touch and pin are atomics); Insert,
+// SetResident, ClearResident, Erase and LruLeaves take an exclusive lock, and are brief
+// (LruLeaves re-sorts the leaves touched since its last call).
 #ifndef KVTIER_INDEX_RADIX_INDEX_H_
 #define KVTIER_INDEX_RADIX_INDEX_H_
 
