@@ -52,6 +52,8 @@ class Report {
 
 int RunBenchTiers(const std::vector<std::string>& argv);
 int RunBenchIndex(const std::vector<std::string>& argv);
+int RunBenchTiersNvme(const std::vector<std::string>& argv);
+int RunBenchRestart(const std::vector<std::string>& argv);
 
 }  // namespace kvtier::bench
 

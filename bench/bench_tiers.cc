@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "bench/bench.h"
+#include "bench/workload.h"
 #include "kvtier/store.h"
 
 namespace kvtier::bench {
@@ -26,134 +27,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr uint64_t kMiB = 1ull << 20;
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-struct EngineKv {
-  KvShape shape;
-  KvMemoryLayout layout;
-  std::vector<std::unique_ptr<uint8_t[]>> layers;
-  uint64_t layer_bytes = 0;
-};
-
-// vLLM FlashAttention layout per layer: [2][num_blocks][block_tokens][heads][head_dim].
-EngineKv MakeEngine(const KvShape& shape, uint32_t block_tokens, uint64_t total_bytes) {
-  EngineKv e;
-  e.shape = shape;
-  const uint64_t elem = DTypeSize(shape.dtype);
-  const uint64_t token = uint64_t{shape.num_kv_heads} * shape.head_dim * elem;
-  const uint64_t block = token * block_tokens;
-  const uint64_t per_block_all_layers = block * 2 * shape.num_layers;
-  const uint32_t num_blocks = static_cast<uint32_t>(std::max<uint64_t>(total_bytes / per_block_all_layers, 1));
-  e.layer_bytes = 2 * block * num_blocks;
-  e.layout.block_tokens = block_tokens;
-  e.layout.num_blocks = num_blocks;
-  std::mt19937_64 rng(42);
-  for (uint32_t l = 0; l < shape.num_layers; ++l) {
-    e.layers.emplace_back(new uint8_t[e.layer_bytes]);
-    uint64_t* w = reinterpret_cast<uint64_t*>(e.layers.back().get());
-    for (uint64_t i = 0; i < e.layer_bytes / 8; ++i) w[i] = rng();
-    KvLayerMemory m;
-    m.base = e.layers.back().get();
-    m.bytes = e.layer_bytes;
-    m.block_stride = block;
-    m.token_stride = token;
-    m.head_stride = uint64_t{shape.head_dim} * elem;
-    m.dim_stride = elem;
-    m.kv_offset = block * num_blocks;
-    e.layout.layers.push_back(m);
-  }
-  return e;
-}
-
-struct Workload {
-  Store* store;
-  NamespaceHandle ns;
-  uint32_t chunk_tokens;
-  uint32_t blocks_per_chunk;
-  uint32_t num_blocks;
-  uint32_t chunks_per_request;
-  uint64_t chunk_bytes;
-  uint32_t depth;
-  uint64_t next_id = 1;
-  std::deque<uint64_t> cached;  // ids of saved requests, oldest first
-  uint64_t max_cached = 0;
-
-  void Request(uint64_t id, std::vector<int32_t>* tokens, std::vector<int32_t>* blocks) const {
-    const uint32_t n = chunks_per_request * chunk_tokens;
-    tokens->resize(n);
-    for (uint32_t j = 0; j < n; ++j) (*tokens)[j] = static_cast<int32_t>(j);
-    (*tokens)[0] = static_cast<int32_t>(id);  // distinct first token: distinct chain of keys
-    (*tokens)[1 % n] ^= static_cast<int32_t>(id >> 31);
-    const uint32_t nb = chunks_per_request * blocks_per_chunk;
-    blocks->resize(nb);
-    for (uint32_t j = 0; j < nb; ++j) (*blocks)[j] = static_cast<int32_t>((id * nb + j) % num_blocks);
-  }
-
-  // Keeps `depth` tickets in flight for `seconds`; returns GB/s of chunks moved.
-  Result<double> Run(bool save, double seconds) {
-    struct InFlight {
-      Ticket t;
-      std::vector<int32_t> tokens, blocks;
-    };
-    std::deque<InFlight> q;
-    if (!save) {
-      // Load what the cache holds now: earlier loads re-touched older requests, so LRU may
-      // have evicted some recent saves instead. No saves run during a load phase, so
-      // nothing found here is evicted before it is loaded.
-      std::deque<uint64_t> held;
-      std::vector<int32_t> tokens, blocks;
-      for (uint64_t id : cached) {
-        Request(id, &tokens, &blocks);
-        Result<LookupResult> r = store->Lookup(ns, tokens);
-        if (!r.ok()) return r.status();
-        if (r->matched_chunks == chunks_per_request) held.push_back(id);
-      }
-      cached.swap(held);
-    }
-    uint64_t bytes = 0;
-    size_t load_cursor = 0;
-    Status err;
-    const auto t0 = Clock::now();
-    const auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
-    auto reap = [&](InFlight& f) {
-      Status s = f.t.Wait();
-      if (!s.ok() && err.ok()) err = s.WithContext(save ? "save: " : "load: ");
-      bytes += uint64_t{f.t.chunks_done()} * chunk_bytes;
-    };
-    while (Clock::now() < deadline || !q.empty()) {
-      if (Clock::now() < deadline && q.size() < depth) {
-        InFlight f;
-        uint64_t id;
-        if (save) {
-          id = next_id++;
-        } else {
-          if (cached.empty()) return Status::Internal("load: nothing cached to load");
-          id = cached[load_cursor++ % cached.size()];
-        }
-        Request(id, &f.tokens, &f.blocks);
-        Result<Ticket> t = save ? store->Save(ns, f.tokens, f.blocks) : store->Load(ns, f.tokens, f.blocks);
-        if (!t.ok()) return t.status();
-        f.t = std::move(*t);
-        q.push_back(std::move(f));
-        if (save) {
-          cached.push_back(id);
-          if (cached.size() > max_cached) cached.pop_front();
-        }
-        continue;
-      }
-      reap(q.front());
-      q.pop_front();
-    }
-    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-    if (!err.ok()) return err;
-    return bytes / secs / 1e9;
-  }
-};
 
 // Single-thread memcpy of chunk_bytes at a time from a buffer the size of the engine's
 // KV into one the size of the host tier, cycling, for `seconds`.
@@ -185,9 +58,11 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
     return 2;
   }
   const std::string tier = a->Get("tier", "host");
+  if (tier == "nvme") return RunBenchTiersNvme(argv);
   if (tier != "host") {
     std::fprintf(stderr,
-                 "kvtier bench tiers: not supported yet: tier '%s' is not built in this version (available: host)\n",
+                 "kvtier bench tiers: not supported yet: tier '%s' is not built in this version (available: host, "
+                 "nvme)\n",
                  tier.c_str());
     return 2;
   }
@@ -284,7 +159,7 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
       return 2;
     }
     // Loads cycle over requests that are certainly still cached.
-    w.max_cached = capacity_chunks / request_slots - w.depth - 1;
+    w.max_saved = capacity_chunks / request_slots - w.depth - 1;
 
     std::vector<double> lim, sv, ld;
     for (uint64_t r = 0; r < *reps; ++r) {

@@ -17,12 +17,16 @@ const char kUsage[] =
     "commands:\n"
     "  bench tiers   save/load throughput of a tier through the real Store, next to the\n"
     "                machine limit measured in the same run (memcpy for the host tier)\n"
-    "      --tier host            tier to measure (host; nvme and redis are not built yet)\n"
+    "      --tier host|nvme       tier to measure (redis is not built yet)\n"
     "      --sizes 2,8,32         chunk sizes in MiB (Llama-3-8B shape: 128 KiB per token)\n"
     "      --seconds 0.4          time per measurement\n"
     "      --reps 5               repetitions (limit, save, load interleaved; medians)\n"
     "      --host-capacity-mib 1024  --engine-mib 256  --workers 1  --depth 2\n"
     "      --json                 one JSON object per result line\n"
+    "      nvme: --nvme-dir DIR (default: a fresh dir under $TMPDIR)  --nvme-capacity-mib 4096\n"
+    "            --queue-depth 16  --workers 4  --depth 4  --buffered  --no-fio  --keep\n"
+    "  bench restart time to reopen an NVMe tier holding --chunks chunks (default 100000)\n"
+    "      --nvme-dir DIR  --chunk-tokens 16  --chunks-per-request 64  --json\n"
     "  bench index   lookup latency of a long fully cached prompt in a large index\n"
     "      --chunks 250000  --prompt-tokens 131072  --chunk-tokens 256  --iters 300  --json\n"
     "  version       print the version\n"
@@ -59,7 +63,8 @@ int main(int argc, char** argv) {
     }
     if (args[1] == "tiers") return kvtier::bench::RunBenchTiers(rest);
     if (args[1] == "index") return kvtier::bench::RunBenchIndex(rest);
-    std::fprintf(stderr, "kvtier bench: unknown benchmark '%s' (tiers, index)\n", args[1].c_str());
+    if (args[1] == "restart") return kvtier::bench::RunBenchRestart(rest);
+    std::fprintf(stderr, "kvtier bench: unknown benchmark '%s' (tiers, index, restart)\n", args[1].c_str());
     return 2;
   }
   std::fprintf(stderr, "kvtier: unknown command '%s'; see kvtier --help\n", cmd.c_str());

@@ -8,6 +8,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <cstdint>
 
 namespace kvtier {
 namespace {
@@ -103,6 +104,68 @@ NamespaceId ComputeNamespaceId(const NamespaceSpec& spec) {
   id.lo = h.low64;
   id.hi = h.high64;
   return id;
+}
+
+std::string EncodeNamespaceSpec(const NamespaceSpec& spec) {
+  const KvShape& s = spec.shape;
+  Encoder e;
+  e.Str(1, "kvtier-namespace-spec-v1");
+  e.Str(2, spec.model.name);
+  e.Str(3, spec.model.revision);
+  e.Str(4, spec.model.weights_digest);
+  e.Str(5, spec.model.tokenizer_id);
+  e.U32(6, s.num_layers);
+  e.U32(7, s.num_kv_heads);
+  e.U32(8, s.head_dim);
+  e.U32(9, static_cast<uint32_t>(s.dtype));
+  e.U32(10, s.chunk_tokens);
+  e.U32(11, s.mla ? 1 : 0);
+  e.U32(12, s.tp_rank);
+  e.U32(13, s.tp_size);
+  e.Str(14, spec.adapter_id);
+  e.Str(15, spec.tenant_salt);
+  return e.bytes();
+}
+
+Result<NamespaceSpec> DecodeNamespaceSpec(std::string_view b) {
+  size_t pos = 0;
+  auto field = [&](uint8_t tag, uint64_t* v, std::string* str) -> bool {
+    if (pos + 9 > b.size() || static_cast<uint8_t>(b[pos]) != tag) return false;
+    uint64_t x = 0;
+    for (int i = 7; i >= 0; --i) x = (x << 8) | static_cast<uint8_t>(b[pos + 1 + i]);
+    pos += 9;
+    if (str == nullptr) {
+      *v = x;
+      return true;
+    }
+    if (x > b.size() - pos) return false;
+    str->assign(b.substr(pos, x));
+    pos += x;
+    return true;
+  };
+  NamespaceSpec spec;
+  std::string magic;
+  uint64_t v[8] = {};
+  const bool ok = field(1, nullptr, &magic) && magic == "kvtier-namespace-spec-v1" &&
+                  field(2, nullptr, &spec.model.name) && field(3, nullptr, &spec.model.revision) &&
+                  field(4, nullptr, &spec.model.weights_digest) && field(5, nullptr, &spec.model.tokenizer_id) &&
+                  field(6, &v[0], nullptr) && field(7, &v[1], nullptr) && field(8, &v[2], nullptr) &&
+                  field(9, &v[3], nullptr) && field(10, &v[4], nullptr) && field(11, &v[5], nullptr) &&
+                  field(12, &v[6], nullptr) && field(13, &v[7], nullptr) && field(14, nullptr, &spec.adapter_id) &&
+                  field(15, nullptr, &spec.tenant_salt) && pos == b.size();
+  for (uint64_t x : v)
+    if (x > UINT32_MAX) return Status::Corruption("namespace spec: a field is out of range");
+  if (!ok) return Status::Corruption("namespace spec: malformed encoding");
+  spec.shape.num_layers = static_cast<uint32_t>(v[0]);
+  spec.shape.num_kv_heads = static_cast<uint32_t>(v[1]);
+  spec.shape.head_dim = static_cast<uint32_t>(v[2]);
+  spec.shape.dtype = static_cast<DType>(v[3]);
+  spec.shape.chunk_tokens = static_cast<uint32_t>(v[4]);
+  spec.shape.mla = v[5] != 0;
+  spec.shape.tp_rank = static_cast<uint32_t>(v[6]);
+  spec.shape.tp_size = static_cast<uint32_t>(v[7]);
+  KVTIER_RETURN_IF_ERROR(ValidateNamespaceSpec(spec).WithContext("namespace spec: "));
+  return spec;
 }
 
 ChunkKey NextChunkKey(const Hash128& parent, std::span<const int32_t> chunk_tokens,

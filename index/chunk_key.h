@@ -15,6 +15,7 @@
 #include <functional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kvtier/status.h"
@@ -43,6 +44,12 @@ Status ValidateNamespaceSpec(const NamespaceSpec& spec);
 // Namespace id for a (valid) spec. For MLA, tp_rank/tp_size are left out: every rank
 // holds the same latent.
 NamespaceId ComputeNamespaceId(const NamespaceSpec& spec);
+
+// A self-describing encoding of every field of a spec (for tiers that persist chunks
+// and must know their namespaces after a restart), and its inverse. Decode returns
+// Corruption on malformed input.
+std::string EncodeNamespaceSpec(const NamespaceSpec& spec);
+Result<NamespaceSpec> DecodeNamespaceSpec(std::string_view bytes);
 
 // Key of one chunk given its parent's key (the namespace id for chunk 0).
 ChunkKey NextChunkKey(const Hash128& parent, std::span<const int32_t> chunk_tokens,

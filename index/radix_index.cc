@@ -475,13 +475,17 @@ Status RadixIndex::SetResident(const ChunkKey& key, TierId tier) {
   return Status::OK();
 }
 
-Status RadixIndex::ClearResident(const ChunkKey& key, TierId tier, std::vector<RemovedChunk>* removed) {
+Status RadixIndex::ClearResident(const ChunkKey& key, TierId tier, std::vector<RemovedChunk>* removed,
+                                 bool if_unpinned) {
   if (!ValidTier(tier)) return Status::InvalidArgument(TierError(tier));
   std::unique_lock lock(impl_->mu);
   Node* n = impl_->Find(key);
   if (n == nullptr) return Status::NotFound("radix index: chunk " + key.ToHex() + " is not cached");
   const TierMask bit = TierBit(tier);
   if ((n->residency & bit) == 0) return Status::OK();
+  // Pins change only under the shared lock, so this check and the change below are atomic.
+  if (if_unpinned && n->pins.load(std::memory_order_relaxed) != 0)
+    return Status::Busy("radix index: chunk " + key.ToHex() + " is pinned");
   if (n->residency == bit) return impl_->RemoveSubtree(n, removed);
   impl_->DropTier(n, static_cast<int>(tier));
   return Status::OK();
@@ -540,6 +544,14 @@ std::optional<TierMask> RadixIndex::Residency(const ChunkKey& key) const {
   const Node* n = impl_->Find(key);
   if (n == nullptr) return std::nullopt;
   return n->residency;
+}
+
+bool RadixIndex::Parent(const ChunkKey& key, std::optional<ChunkKey>* parent) const {
+  std::shared_lock lock(impl_->mu);
+  const Node* n = impl_->Find(key);
+  if (n == nullptr) return false;
+  *parent = n->parent == nullptr ? std::nullopt : std::optional<ChunkKey>(n->parent->key);
+  return true;
 }
 
 uint32_t RadixIndex::PinCount(const ChunkKey& key) const {

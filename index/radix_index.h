@@ -94,8 +94,10 @@ class RadixIndex {
 
   // Removes `tier` from key's residency. If no tier is left, the node and its subtree
   // are removed and appended to `removed` (the key itself first). NotFound if absent;
-  // Busy (and nothing changes) if a node that would be removed is pinned.
-  Status ClearResident(const ChunkKey& key, TierId tier, std::vector<RemovedChunk>* removed);
+  // Busy (and nothing changes) if a node that would be removed is pinned, or, with
+  // if_unpinned, if key itself is pinned (a reader may be using its copy in `tier`).
+  Status ClearResident(const ChunkKey& key, TierId tier, std::vector<RemovedChunk>* removed,
+                       bool if_unpinned = false);
 
   // Removes key and its whole subtree, appending them to `removed`.
   // NotFound if absent; Busy (and nothing changes) if any of them is pinned.
@@ -111,6 +113,8 @@ class RadixIndex {
   // Residency mask of key, or nullopt when absent.
   std::optional<TierMask> Residency(const ChunkKey& key) const;
   uint32_t PinCount(const ChunkKey& key) const;  // 0 when absent
+  // False when key is absent; else *parent is its parent (nullopt for a root chunk).
+  bool Parent(const ChunkKey& key, std::optional<ChunkKey>* parent) const;
 
   size_t size() const;               // chunks in the tree
   size_t CountResident(TierId tier) const;

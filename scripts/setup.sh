@@ -7,7 +7,7 @@ packages=(
   build-essential g++ cmake ninja-build pkg-config git
   liburing-dev librocksdb-dev libhiredis-dev capnproto libcapnp-dev
   liblz4-dev libxxhash-dev libgtest-dev libgmock-dev libbenchmark-dev
-  redis-server redis-tools pybind11-dev python3-dev
+  redis-server redis-tools pybind11-dev python3-dev fio
   clang libclang-rt-14-dev
 )
 

@@ -11,6 +11,8 @@
 // is never evicted, so its slot stays put) and copy without locks.
 #include "kvtier/store.h"
 
+#include <algorithm>
+#include <cstring>
 #include <deque>
 #include <functional>
 #include <shared_mutex>
@@ -23,6 +25,7 @@
 #include "store/ticket.h"
 #include "tiers/chunk_format.h"
 #include "tiers/host/host_tier.h"
+#include "tiers/nvme/nvme_tier.h"
 
 namespace kvtier {
 namespace {
@@ -51,6 +54,7 @@ struct Counters {
   std::atomic<uint64_t> saves{0}, saved_chunks{0}, save_dedup_chunks{0}, save_failed_chunks{0};
   std::atomic<uint64_t> loads{0}, loaded_chunks{0}, load_failed_chunks{0};
   std::atomic<uint64_t> bytes_saved{0}, bytes_loaded{0}, evictions{0}, corrupt_chunks{0};
+  std::atomic<uint64_t> demotions{0}, write_throughs{0}, promotions{0}, recovered_chunks{0};
 };
 
 void Add(std::atomic<uint64_t>& c, uint64_t v) { c.fetch_add(v, std::memory_order_relaxed); }
@@ -67,6 +71,7 @@ struct Store::Impl {
   mutable std::shared_mutex close_mu;
   bool closed = false;                      // guarded by close_mu
   std::unique_ptr<HostTier> host;           // reset by Close under close_mu (exclusive)
+  std::unique_ptr<NvmeTier> nvme;           // null when the NVMe tier is off; reset by Close
 
   std::mutex placement_mu;
 
@@ -90,9 +95,16 @@ struct Store::Impl {
   Status PrepareRequest(const Registration& r, std::span<const int32_t> tokens, std::span<const int32_t> block_ids,
                         std::span<const ExtraKey> extras, bool need_blocks, std::vector<ChunkKey>* keys) const;
   Result<SlotId> AllocateSlot(uint64_t payload_bytes);
+  Result<NvmeExtent> AllocateExtent(uint64_t payload_bytes);  // requires placement_mu
+  void FreeRemoved(const std::vector<RemovedChunk>& removed);  // requires placement_mu
+  void Demote(std::unique_lock<std::mutex>& placement, NamespaceState& ns, const ChunkKey& key);
+  Status WriteThrough(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t count, uint32_t* durable);
+  NvmeTier::WriteItem MakeWriteItem(NamespaceState& ns, const ChunkKey& key, const std::optional<ChunkKey>& parent,
+                                    SlotId slot, const NvmeExtent& extent);
+  Status Recover();
   void DropChunk(NamespaceState& ns, const ChunkKey& key);
   void RunSave(Registration& r, const std::vector<ChunkKey>& keys, const std::vector<int32_t>& blocks,
-               TicketState& t);
+               const std::vector<int32_t>& tokens, TicketState& t);
   void RunLoad(Registration& r, const std::vector<ChunkKey>& keys, size_t matched, const std::vector<int32_t>& blocks,
                TicketState& t);
 };
@@ -167,7 +179,7 @@ Status Store::Impl::PrepareRequest(const Registration& r, std::span<const int32_
 // ---- placement -----------------------------------------------------------------------------
 
 Result<SlotId> Store::Impl::AllocateSlot(uint64_t payload_bytes) {
-  std::lock_guard<std::mutex> l(placement_mu);
+  std::unique_lock<std::mutex> l(placement_mu);
   std::vector<RemovedChunk> removed;
   for (;;) {
     Result<SlotId> s = host->Allocate(payload_bytes);
@@ -190,14 +202,148 @@ Result<SlotId> Store::Impl::AllocateSlot(uint64_t payload_bytes) {
     if (!victim_ns)
       return Status::NoSpace("host tier: full, and every cached chunk is pinned by a save or load in flight; "
                              "retry later or raise host capacity");
+    if (nvme && config.nvme.policy != WritePolicy::kNone) {
+      std::optional<TierMask> r = victim_ns->index.Residency(victim.key);
+      if (r && (*r & TierBit(TierId::kNvme)) == 0) Demote(l, *victim_ns, victim.key);
+    }
     removed.clear();
-    Status c = victim_ns->index.ClearResident(victim.key, TierId::kHost, &removed);
-    if (c.code() == Status::Code::kBusy) continue;  // pinned since we looked: pick again
+    // A pinned chunk may be being read from its slot: never free that slot.
+    Status c = victim_ns->index.ClearResident(victim.key, TierId::kHost, &removed, /*if_unpinned=*/true);
+    if (c.code() == Status::Code::kBusy || c.IsNotFound()) continue;  // changed since we looked: pick again
     if (!c.ok()) return c.WithContext("host tier eviction: ");
-    for (const RemovedChunk& rc : removed) {
-      if (host->Remove(rc.key)) Add(n.evictions, 1);
+    if (host->Remove(victim.key)) Add(n.evictions, 1);
+    FreeRemoved(removed);
+  }
+}
+
+void Store::Impl::FreeRemoved(const std::vector<RemovedChunk>& removed) {
+  for (const RemovedChunk& rc : removed) {
+    if (rc.residency & TierBit(TierId::kHost)) host->Remove(rc.key);
+    if (nvme && (rc.residency & TierBit(TierId::kNvme))) nvme->Remove(rc.key);
+  }
+}
+
+Result<NvmeExtent> Store::Impl::AllocateExtent(uint64_t payload_bytes) {
+  std::vector<RemovedChunk> removed;
+  for (;;) {
+    Result<NvmeExtent> e = nvme->Allocate(payload_bytes);
+    if (e.ok() || e.status().code() != Status::Code::kNoSpace) return e;
+    std::shared_ptr<NamespaceState> victim_ns;
+    LeafCandidate victim{};
+    {
+      std::shared_lock<std::shared_mutex> rl(reg_mu);
+      for (auto& [id, ns] : namespaces) {
+        std::vector<LeafCandidate> c = ns->index.LruLeaves(TierId::kNvme, 1);
+        if (!c.empty() && (!victim_ns || c[0].last_access < victim.last_access)) {
+          victim_ns = ns;
+          victim = c[0];
+        }
+      }
+    }
+    if (!victim_ns) return Status::NoSpace("nvme tier: full, and every chunk on it is pinned");
+    removed.clear();
+    Status c = victim_ns->index.ClearResident(victim.key, TierId::kNvme, &removed, /*if_unpinned=*/true);
+    if (c.code() == Status::Code::kBusy || c.IsNotFound()) continue;
+    if (!c.ok()) return c.WithContext("nvme tier eviction: ");
+    nvme->Remove(victim.key);
+    FreeRemoved(removed);
+  }
+}
+
+NvmeTier::WriteItem Store::Impl::MakeWriteItem(NamespaceState& ns, const ChunkKey& key,
+                                               const std::optional<ChunkKey>& parent, SlotId slot,
+                                               const NvmeExtent& extent) {
+  const uint8_t* page = host->SlotAddress(slot);
+  NvmeTier::WriteItem w;
+  w.record.key = key;
+  w.record.ns = ns.id;
+  w.record.parent = parent;
+  w.record.extent = extent;
+  w.record.payload_bytes = ns.payload_bytes;
+  w.record.last_access = clock.Now();
+  const uint32_t nt = ns.spec.shape.chunk_tokens;
+  if (nt <= kMaxPageTokens) {
+    w.record.tokens.resize(nt);
+    std::memcpy(w.record.tokens.data(), page + kChunkTokensOffset, nt * sizeof(int32_t));
+  }
+  w.page = page;
+  w.payload = page + kChunkPayloadOffset;
+  return w;
+}
+
+// Writes an evicted host chunk to NVMe before its slot is freed. Runs with `placement`
+// held on entry and exit, and releases it for the I/O; the chunk stays pinned meanwhile,
+// so its slot cannot go away.
+void Store::Impl::Demote(std::unique_lock<std::mutex>& placement, NamespaceState& ns, const ChunkKey& key) {
+  std::optional<SlotId> slot = host->Find(key);
+  std::optional<ChunkKey> parent;
+  if (!slot || !ns.index.Parent(key, &parent)) return;
+  Result<NvmeExtent> e = AllocateExtent(ns.payload_bytes);
+  if (!e.ok()) return;  // nothing evictable on NVMe either: the chunk is dropped
+  const ChunkKey k = key;
+  ns.index.Pin(std::span<const ChunkKey>(&k, 1));
+  std::vector<NvmeTier::WriteItem> items;
+  items.push_back(MakeWriteItem(ns, k, parent, *slot, *e));
+  placement.unlock();
+  (void)nvme->Write(items);
+  placement.lock();
+  if (items[0].status.ok() && ns.index.SetResident(k, TierId::kNvme).ok()) {
+    Add(n.demotions, 1);
+  } else if (!items[0].status.ok()) {
+    nvme->Free(*e);
+  } else {
+    nvme->Remove(k);
+  }
+  ns.index.Unpin(std::span<const ChunkKey>(&k, 1));
+}
+
+// Makes the first `count` chunks of keys (cached in host, pinned by the caller) durable on
+// NVMe. *durable: how many leading chunks are now on NVMe.
+Status Store::Impl::WriteThrough(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t count,
+                                 uint32_t* durable) {
+  std::vector<NvmeTier::WriteItem> items;
+  Status st;
+  {
+    std::unique_lock<std::mutex> l(placement_mu);
+    for (size_t i = 0; i < count; ++i) {
+      std::optional<TierMask> r = ns.index.Residency(keys[i]);
+      if (r && (*r & TierBit(TierId::kNvme))) continue;
+      std::optional<SlotId> slot = host->Find(keys[i]);
+      if (!slot) {
+        st = Status::Internal("write-through: chunk " + keys[i].ToHex() + " has no host slot");
+        break;
+      }
+      Result<NvmeExtent> e = AllocateExtent(ns.payload_bytes);
+      if (!e.ok()) {
+        st = e.status();
+        break;
+      }
+      std::optional<ChunkKey> parent;
+      if (i > 0) parent = keys[i - 1];
+      items.push_back(MakeWriteItem(ns, keys[i], parent, *slot, *e));
     }
   }
+  if (!items.empty()) (void)nvme->Write(items);
+  {
+    std::lock_guard<std::mutex> l(placement_mu);
+    for (NvmeTier::WriteItem& w : items) {
+      if (w.status.ok() && ns.index.SetResident(w.record.key, TierId::kNvme).ok()) {
+        Add(n.write_throughs, 1);
+      } else if (!w.status.ok()) {
+        nvme->Free(w.record.extent);
+        if (st.ok()) st = w.status;
+      } else {
+        nvme->Remove(w.record.key);
+      }
+    }
+  }
+  uint32_t d = 0;
+  for (; d < count; ++d) {
+    std::optional<TierMask> r = ns.index.Residency(keys[d]);
+    if (!r || (*r & TierBit(TierId::kNvme)) == 0) break;
+  }
+  *durable = d;
+  return st;
 }
 
 // Removes a chunk that failed a check, with its subtree, from the index and the host tier.
@@ -205,11 +351,11 @@ void Store::Impl::DropChunk(NamespaceState& ns, const ChunkKey& key) {
   std::lock_guard<std::mutex> l(placement_mu);
   std::vector<RemovedChunk> removed;
   if (!ns.index.Erase(key, &removed).ok()) return;  // pinned by another load: it will see the same
-  for (const RemovedChunk& rc : removed) host->Remove(rc.key);
+  FreeRemoved(removed);
 }
 
 void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, const std::vector<int32_t>& blocks,
-                          TicketState& t) {
+                          const std::vector<int32_t>& tokens, TicketState& t) {
   NamespaceState& ns = *r.ns;
   const uint32_t total = static_cast<uint32_t>(keys.size());
   const uint32_t bpc = r.mover.blocks_per_chunk();
@@ -220,8 +366,9 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
   const size_t matched = ns.index.Match(keys, mo);
   std::vector<ChunkKey> pinned(keys.begin(), keys.begin() + static_cast<ptrdiff_t>(matched));
   Add(n.save_dedup_chunks, matched);
+  const bool write_through = nvme && config.nvme.policy == WritePolicy::kWriteThrough;
   uint32_t done = static_cast<uint32_t>(matched);
-  t.set_chunks_done(done);
+  if (!write_through) t.set_chunks_done(done);
   Status st;
   for (uint32_t i = done; i < total; ++i) {
     if (t.cancel_requested()) {
@@ -235,6 +382,9 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
     }
     uint8_t* addr = host->SlotAddress(*slot);
     EncodeChunkHeader(MakeChunkHeader(ns.id, keys[i], ns.spec.shape), addr);
+    const uint32_t ct = ns.spec.shape.chunk_tokens;
+    if (ct <= kMaxPageTokens)  // the tokens travel with the chunk to lower tiers' metadata
+      std::memcpy(addr + kChunkTokensOffset, tokens.data() + uint64_t{i} * ct, uint64_t{ct} * sizeof(int32_t));
     Status g = r.mover.Gather(std::span<const int32_t>(blocks).subspan(uint64_t{i} * bpc, bpc),
                               addr + kChunkPayloadOffset, ns.payload_bytes);
     if (!g.ok()) {
@@ -263,7 +413,15 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
         Add(n.save_dedup_chunks, 1);
       }
     }
-    t.set_chunks_done(++done);
+    if (!write_through) t.set_chunks_done(done + 1);
+    ++done;
+  }
+  if (write_through && done > 0) {
+    // Acknowledged only once durable: chunks_done counts leading chunks on NVMe.
+    uint32_t durable = 0;
+    Status w = WriteThrough(ns, keys, done, &durable);
+    if (st.ok() && !w.ok()) st = w.WithContext("save: write-through: ");
+    done = durable;
   }
   ns.index.Unpin(pinned);
   Add(n.save_failed_chunks, total - done);
@@ -278,16 +436,38 @@ void Store::Impl::RunLoad(Registration& r, const std::vector<ChunkKey>& keys, si
   const ChunkIdentity identity{ns.id, {}, ns.spec.shape};
   uint32_t done = 0;
   Status st;
-  std::optional<ChunkKey> corrupt;
+  std::optional<ChunkKey> corrupt, lost_on_nvme;
   for (uint32_t i = 0; i < matched; ++i) {
     if (t.cancel_requested()) {
       st = Status::Cancelled("load cancelled after " + std::to_string(i) + " of " + std::to_string(total) + " chunks");
       break;
     }
     std::optional<SlotId> slot = host->Find(keys[i]);
+    bool promoted = false;
     if (!slot) {
-      st = Status::Internal("load: chunk " + keys[i].ToHex() + " is indexed in the host tier but has no slot");
-      break;
+      if (!nvme) {
+        st = Status::Internal("load: chunk " + keys[i].ToHex() + " is indexed in the host tier but has no slot");
+        break;
+      }
+      // On NVMe only: read it into a fresh host slot (verified there), copy it out, and
+      // keep it in host DRAM (promotion).
+      Result<SlotId> fresh = AllocateSlot(ns.payload_bytes);
+      if (!fresh.ok()) {
+        st = fresh.status().WithContext("load: ");
+        break;
+      }
+      ChunkIdentity want = identity;
+      want.key = keys[i];
+      Status rs = nvme->Read(keys[i], want, host->SlotAddress(*fresh), fresh->bytes);
+      if (!rs.ok()) {
+        host->Free(*fresh);
+        if (rs.IsCorruption()) Add(n.corrupt_chunks, 1);
+        if (rs.IsCorruption() || rs.IsNotFound()) lost_on_nvme = keys[i];
+        st = rs.WithContext("load: chunk " + std::to_string(i) + ": ");
+        break;
+      }
+      slot = *fresh;
+      promoted = true;
     }
     const uint8_t* addr = host->SlotAddress(*slot);
     // The header is checked on every read: a slot that does not hold this chunk is never served.
@@ -297,12 +477,27 @@ void Store::Impl::RunLoad(Registration& r, const std::vector<ChunkKey>& keys, si
     Status hs = h.ok() ? CheckChunkIdentity(*h, want) : h.status();
     if (!hs.ok()) {
       Add(n.corrupt_chunks, 1);
-      corrupt = keys[i];
+      if (promoted) {
+        host->Free(*slot);
+        lost_on_nvme = keys[i];
+      } else {
+        corrupt = keys[i];
+      }
       st = hs.WithContext("load: host slot of chunk " + std::to_string(i) + ": ");
       break;
     }
     Status s = r.mover.Scatter(std::span<const int32_t>(blocks).subspan(uint64_t{i} * bpc, bpc),
                                addr + kChunkPayloadOffset, ns.payload_bytes);
+    if (promoted) {
+      std::lock_guard<std::mutex> l(placement_mu);
+      if (s.ok() && host->Publish(keys[i], *slot).ok() && ns.index.SetResident(keys[i], TierId::kHost).ok()) {
+        Add(n.promotions, 1);
+      } else if (!host->Find(keys[i]) || host->Find(keys[i])->offset != slot->offset) {
+        host->Free(*slot);  // not published (a concurrent load promoted it first, or the copy failed)
+      } else {
+        host->Remove(keys[i]);  // published but the index refused it
+      }
+    }
     if (!s.ok()) {
       st = s;
       break;
@@ -313,6 +508,11 @@ void Store::Impl::RunLoad(Registration& r, const std::vector<ChunkKey>& keys, si
   }
   ns.index.Unpin(std::span<const ChunkKey>(keys.data(), matched));
   if (corrupt) DropChunk(ns, *corrupt);
+  if (lost_on_nvme) {  // its record is gone (dropped as corrupt, or missing): so is its NVMe residency
+    std::lock_guard<std::mutex> l(placement_mu);
+    std::vector<RemovedChunk> removed;
+    if (ns.index.ClearResident(*lost_on_nvme, TierId::kNvme, &removed).ok()) FreeRemoved(removed);
+  }
   if (st.ok() && done < total)
     st = Status::NotFound("load: chunk " + std::to_string(done) + " of " + std::to_string(total) +
                           " is not cached; recompute from token " +
@@ -340,6 +540,21 @@ Result<std::unique_ptr<Store>> Store::Open(const StoreConfig& config) {
   Result<std::unique_ptr<HostTier>> host = HostTier::Create(ho);
   if (!host.ok()) return host.status();
   impl->host = std::move(*host);
+  if (config.nvme.enabled) {
+    NvmeTierOptions no;
+    no.paths = config.nvme.paths;
+    no.capacity_bytes = config.nvme.capacity_bytes;
+    no.metadata_dir = config.nvme.metadata_dir;
+    if (no.metadata_dir.empty() && !no.paths.empty()) no.metadata_dir = no.paths[0] + ".meta";
+    no.queue_depth = config.nvme.queue_depth;
+    no.buffered = config.nvme.buffered;
+    no.env = config.env;
+    const iovec region{impl->host->region(), impl->host->capacity_bytes()};
+    Result<std::unique_ptr<NvmeTier>> nv = NvmeTier::Open(no, std::span<const iovec>(&region, 1));
+    if (!nv.ok()) return nv.status();
+    impl->nvme = std::move(*nv);
+    KVTIER_RETURN_IF_ERROR(impl->Recover());
+  }
   for (uint32_t i = 0; i < config.worker_threads; ++i) impl->workers.emplace_back([p = impl.get()] { p->WorkerLoop(); });
   return std::unique_ptr<Store>(new Store(std::move(impl)));
 }
@@ -360,7 +575,34 @@ Status Store::Close() {
   for (Job& j : pending) j(/*abort=*/true);
   for (std::thread& w : s.workers) w.join();
   s.workers.clear();
+  s.nvme.reset();
   s.host.reset();
+  return Status::OK();
+}
+
+// Rebuilds the indexes from the NVMe tier's metadata: namespaces first, then chunks in
+// an order where parents come before children (NvmeTier::Recover guarantees it).
+Status Store::Impl::Recover() {
+  std::vector<std::pair<NamespaceId, std::string>> specs;
+  std::vector<NvmeChunkRecord> chunks;
+  KVTIER_RETURN_IF_ERROR(nvme->Recover(&specs, &chunks));
+  std::unique_lock<std::shared_mutex> l(reg_mu);
+  for (auto& [id, bytes] : specs) {
+    Result<NamespaceSpec> spec = DecodeNamespaceSpec(bytes);
+    if (!spec.ok() || !(ComputeNamespaceId(*spec) == id) || !host->CheckFits(ChunkPayloadBytes(spec->shape)).ok())
+      continue;  // its chunks find no namespace below and are dropped
+    namespaces[id] = std::make_shared<NamespaceState>(*spec, id, &clock);
+  }
+  for (const NvmeChunkRecord& r : chunks) {
+    auto ns = namespaces.find(r.ns);
+    bool ok = ns != namespaces.end() && r.payload_bytes == ns->second->payload_bytes &&
+              ns->second->index.Insert(r.parent, r.key, TierId::kNvme).ok();
+    if (ok) {
+      Add(n.recovered_chunks, 1);
+    } else {
+      nvme->Remove(r.key);
+    }
+  }
   return Status::OK();
 }
 
@@ -382,6 +624,13 @@ Result<NamespaceHandle> Store::RegisterNamespace(const NamespaceSpec& spec, cons
     if (!fits.ok()) {
       s.namespaces.erase(id);
       return fits;
+    }
+    if (s.nvme) {
+      Status p = s.nvme->PutNamespace(id, EncodeNamespaceSpec(spec));
+      if (!p.ok()) {
+        s.namespaces.erase(id);
+        return p;
+      }
     }
     ns = std::make_shared<NamespaceState>(spec, id, &s.clock);
   }
@@ -431,15 +680,17 @@ Result<Ticket> Store::Save(NamespaceHandle h, std::span<const int32_t> tokens, s
   KVTIER_RETURN_IF_ERROR(s.PrepareRequest(**r, tokens, block_ids, extra_keys, true, keys.get()));
   const uint32_t bpc = (*r)->mover.blocks_per_chunk();
   auto blocks = std::make_shared<std::vector<int32_t>>(block_ids.begin(), block_ids.begin() + keys->size() * bpc);
+  auto toks = std::make_shared<std::vector<int32_t>>(
+      tokens.begin(), tokens.begin() + keys->size() * (*r)->ns->spec.shape.chunk_tokens);
   auto t = std::make_shared<TicketState>(static_cast<uint32_t>(keys->size()));
   Add(s.n.saves, 1);
-  s.Enqueue([&s, reg = *r, keys, blocks, t](bool abort) {
+  s.Enqueue([&s, reg = *r, keys, blocks, toks, t](bool abort) {
     if (abort) {
       Add(s.n.save_failed_chunks, keys->size());
       t->Finish(Status::Cancelled("save: store closed before the save ran"), 0);
       return;
     }
-    s.RunSave(*reg, *keys, *blocks, *t);
+    s.RunSave(*reg, *keys, *blocks, *toks, *t);
   });
   return Ticket(std::move(t));
 }
@@ -456,7 +707,7 @@ Result<Ticket> Store::Load(NamespaceHandle h, std::span<const int32_t> tokens, s
   auto blocks = std::make_shared<std::vector<int32_t>>(block_ids.begin(), block_ids.begin() + keys->size() * bpc);
   // Pin now, so that what is cached at submission stays cached until it is copied.
   MatchOptions mo;
-  mo.tiers = TierBit(TierId::kHost);
+  mo.tiers = TierBit(TierId::kHost) | (s.nvme ? TierBit(TierId::kNvme) : 0);
   mo.pin = true;
   const size_t matched = (*r)->ns->index.Match(*keys, mo);
   auto t = std::make_shared<TicketState>(static_cast<uint32_t>(keys->size()));
@@ -498,6 +749,22 @@ StoreStats Store::Stats() const {
     o.host_chunks = s.host->chunk_count();
     o.huge_pages = s.host->huge_pages();
   }
+  if (s.nvme) {
+    NvmeStats ns = s.nvme->Stats();
+    o.nvme_enabled = true;
+    o.nvme_capacity_bytes = ns.capacity_bytes;
+    o.nvme_used_bytes = ns.used_bytes;
+    o.nvme_chunks = ns.chunks;
+    o.nvme_corrupt_chunks = ns.corrupt_chunks;
+    o.nvme_dropped_records = ns.dropped_records;
+    o.nvme_write_errors = ns.write_errors;
+    o.nvme_read_errors = ns.read_errors;
+    o.nvme_io_backend = ns.io_backend;
+  }
+  o.demotions = g(s.n.demotions);
+  o.write_throughs = g(s.n.write_throughs);
+  o.promotions = g(s.n.promotions);
+  o.recovered_chunks = g(s.n.recovered_chunks);
   std::shared_lock<std::shared_mutex> rl(s.reg_mu);
   o.namespaces = static_cast<uint32_t>(s.namespaces.size());
   for (auto& [id, ns] : s.namespaces) {

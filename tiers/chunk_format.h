@@ -17,6 +17,10 @@
 //    88  u8[32] reserved (0)
 //   120  u64 header checksum (XXH3-64 of bytes [0, 120))
 //
+// In a 4 KiB header page (host slots, NVMe extents) the chunk's token ids follow the
+// header at kChunkTokensOffset (int32, little-endian) when they fit: they travel with the
+// chunk so that a tier it is demoted to can record them; no reader trusts them.
+//
 // Every read decodes the header (magic, version, header checksum, sane sizes), checks
 // identity against what the caller expects (namespace, key, shape), and verifies the
 // payload checksum when one is present. Any mismatch is Corruption: a miss for the
@@ -38,6 +42,8 @@ inline constexpr uint32_t kChunkMagic = 0x3143564B;  // "KVC1" in memory order
 inline constexpr uint16_t kChunkFormatVersion = 1;
 inline constexpr size_t kChunkHeaderBytes = 128;
 inline constexpr size_t kChunkPayloadOffset = 4096;  // in slots and extents
+inline constexpr size_t kChunkTokensOffset = kChunkHeaderBytes;
+inline constexpr size_t kMaxPageTokens = (kChunkPayloadOffset - kChunkTokensOffset) / sizeof(int32_t);
 inline constexpr uint64_t kMaxChunkPayloadBytes = 1ull << 34;  // 16 GiB: anything larger is garbage
 
 enum class Codec : uint8_t { kNone = 0, kLz4 = 1 };

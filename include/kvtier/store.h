@@ -38,12 +38,34 @@ enum class HugePages : uint8_t {
   kRequire = 2,  // fail Open when hugetlbfs pages cannot be mapped
 };
 
+class Env;
+
+// What a tier below host DRAM receives.
+enum class WritePolicy : uint8_t {
+  kWriteBack = 0,     // chunks go down when host eviction demotes them (LRU leaves)
+  kWriteThrough = 1,  // every save also goes down; a save is done when it is durable there
+  kNone = 2,          // never written by this Store (a read-only or externally filled tier)
+};
+
+// The NVMe tier (T2): data files on local disk, metadata in RocksDB. Off unless enabled.
+struct NvmeConfig {
+  bool enabled = false;
+  std::vector<std::string> paths;  // data files, preallocated; capacity is split evenly
+  uint64_t capacity_bytes = 0;
+  std::string metadata_dir;        // RocksDB directory; default: paths[0] + ".meta"
+  uint32_t queue_depth = 16;       // I/Os in flight per queue (one queue per concurrent caller)
+  bool buffered = false;           // no O_DIRECT (for filesystems without it, e.g. tmpfs)
+  WritePolicy policy = WritePolicy::kWriteBack;
+};
+
 struct StoreConfig {
   uint64_t host_capacity_bytes = 1ull << 30;  // the host tier's region
   HugePages huge_pages = HugePages::kAuto;
   bool prefault = true;          // touch the region at Open so that saves never page-fault
   uint32_t worker_threads = 2;   // threads that run saves and loads
   uint64_t max_request_tokens = 1ull << 21;  // a call naming more tokens is refused
+  NvmeConfig nvme;
+  Env* env = nullptr;  // file system for the NVMe tier (tests inject faults); default POSIX
 };
 
 struct NamespaceHandle {
@@ -80,6 +102,20 @@ struct StoreStats {
   uint64_t index_memory_bytes = 0;
   uint32_t namespaces = 0;
   std::string huge_pages;            // "hugetlb", "transparent", or "none"
+  // NVMe tier (zero when disabled).
+  bool nvme_enabled = false;
+  uint64_t nvme_capacity_bytes = 0;
+  uint64_t nvme_used_bytes = 0;
+  uint64_t nvme_chunks = 0;
+  uint64_t nvme_corrupt_chunks = 0;     // reads that failed a check: dropped, served as misses
+  uint64_t nvme_dropped_records = 0;    // bad metadata records dropped at open
+  uint64_t nvme_write_errors = 0;
+  uint64_t nvme_read_errors = 0;
+  uint64_t demotions = 0;               // host -> nvme on eviction
+  uint64_t write_throughs = 0;          // host -> nvme on save
+  uint64_t promotions = 0;              // nvme -> host on load
+  uint64_t recovered_chunks = 0;        // indexed from NVMe metadata at open
+  std::string nvme_io_backend;          // "io_uring" or "pread"
 };
 
 class TicketState;

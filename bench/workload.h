@@ -1,0 +1,53 @@
+// What `kvtier bench tiers` drives through the Store: an engine's KV memory in vLLM's
+// NHD layout with real bytes, and a stream of save and load requests over it.
+#ifndef KVTIER_BENCH_WORKLOAD_H_
+#define KVTIER_BENCH_WORKLOAD_H_
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "kvtier/store.h"
+
+namespace kvtier::bench {
+
+double Median(std::vector<double> v);
+
+struct EngineKv {
+  KvShape shape;
+  KvMemoryLayout layout;
+  std::vector<std::unique_ptr<uint8_t[]>> layers;
+  uint64_t layer_bytes = 0;
+};
+
+// vLLM FlashAttention layout per layer: [2][num_blocks][block_tokens][heads][head_dim],
+// about total_bytes over all layers, filled with random bytes.
+EngineKv MakeEngine(const KvShape& shape, uint32_t block_tokens, uint64_t total_bytes);
+
+// Requests of chunks_per_request chunks; request `id` has its own tokens (so its own
+// chain of keys) and blocks.
+struct Workload {
+  Store* store = nullptr;
+  NamespaceHandle ns;
+  uint32_t chunk_tokens = 0;
+  uint32_t blocks_per_chunk = 0;
+  uint32_t num_blocks = 0;
+  uint32_t chunks_per_request = 0;
+  uint64_t chunk_bytes = 0;
+  uint32_t depth = 1;
+  uint64_t next_id = 1;
+  std::deque<uint64_t> saved;  // ids of saved requests, oldest first
+  uint64_t max_saved = 0;
+
+  void Request(uint64_t id, std::vector<int32_t>* tokens, std::vector<int32_t>* blocks) const;
+  // Keeps `depth` requests in flight for `seconds` and returns GB/s of chunks moved.
+  // Saves store new requests. Loads read requests that are fully cached with every chunk
+  // in `load_from` when they are submitted (a request promoted to a faster tier by an
+  // earlier load is skipped, so NVMe loads stay cold).
+  Result<double> Run(bool save, double seconds, TierId load_from = TierId::kHost);
+};
+
+}  // namespace kvtier::bench
+
+#endif  // KVTIER_BENCH_WORKLOAD_H_
