@@ -136,6 +136,8 @@ void kvt_store_options_init(kvt_store_options* o) {
   o->max_request_tokens = d.max_request_tokens;
   o->huge_pages = static_cast<int32_t>(d.huge_pages);
   o->prefault = d.prefault ? 1 : 0;
+  o->nvme_queue_depth = d.nvme.queue_depth;
+  o->nvme_policy = static_cast<int32_t>(d.nvme.policy);
 }
 
 void kvt_namespace_spec_init(kvt_namespace_spec* s) {
@@ -177,6 +179,24 @@ int kvt_store_open(const kvt_store_options* opts, kvt_store** out, char* err, si
       c.max_request_tokens = opts->max_request_tokens;
       c.huge_pages = static_cast<kvtier::HugePages>(opts->huge_pages);
       c.prefault = opts->prefault != 0;
+      if (opts->nvme_paths != nullptr) {
+        if (opts->nvme_policy < 0 || opts->nvme_policy > 2)
+          return report(Status::InvalidArgument("kvt_store_options.nvme_policy " +
+                                                std::to_string(opts->nvme_policy) + " is not a kvt_write_policy"));
+        c.nvme.enabled = true;
+        std::string paths = opts->nvme_paths;
+        for (size_t start = 0; start <= paths.size();) {
+          size_t comma = paths.find(',', start);
+          if (comma == std::string::npos) comma = paths.size();
+          if (comma > start) c.nvme.paths.push_back(paths.substr(start, comma - start));
+          start = comma + 1;
+        }
+        c.nvme.capacity_bytes = opts->nvme_capacity_bytes;
+        c.nvme.metadata_dir = Str(opts->nvme_metadata_dir);
+        c.nvme.queue_depth = opts->nvme_queue_depth;
+        c.nvme.buffered = opts->nvme_buffered != 0;
+        c.nvme.policy = static_cast<kvtier::WritePolicy>(opts->nvme_policy);
+      }
     }
     kvtier::Result<std::unique_ptr<kvtier::Store>> s = kvtier::Store::Open(c);
     if (!s.ok()) return report(s.status());

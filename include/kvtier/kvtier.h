@@ -84,6 +84,12 @@ typedef enum kvt_tier { KVT_TIER_GPU = 0, KVT_TIER_HOST = 1, KVT_TIER_NVME = 2, 
 
 typedef enum kvt_huge_pages { KVT_HUGE_PAGES_AUTO = 0, KVT_HUGE_PAGES_OFF = 1, KVT_HUGE_PAGES_REQUIRE = 2 } kvt_huge_pages;
 
+typedef enum kvt_write_policy {
+  KVT_WRITE_BACK = 0,    /* chunks go to NVMe when host eviction demotes them */
+  KVT_WRITE_THROUGH = 1, /* every save also goes to NVMe; done when durable there */
+  KVT_WRITE_NONE = 2
+} kvt_write_policy;
+
 typedef struct kvt_store_options {
   uint32_t struct_size;
   uint32_t worker_threads;      /* default 2 */
@@ -91,6 +97,15 @@ typedef struct kvt_store_options {
   uint64_t max_request_tokens;  /* default 2^21 */
   int32_t huge_pages;           /* kvt_huge_pages, default AUTO */
   int32_t prefault;             /* nonzero: fault the region in at open (default 1) */
+  /* NVMe tier: on when nvme_paths is not NULL. Data files (comma-separated), preallocated,
+   * opened O_DIRECT unless nvme_buffered; metadata in RocksDB at nvme_metadata_dir
+   * (default: first path + ".meta"). */
+  const char* nvme_paths;
+  uint64_t nvme_capacity_bytes;
+  const char* nvme_metadata_dir;
+  uint32_t nvme_queue_depth; /* default 16 */
+  int32_t nvme_buffered;
+  int32_t nvme_policy; /* kvt_write_policy, default WRITE_BACK */
 } kvt_store_options;
 
 /* Model identity and KV shape; strings are copied, NULL means "". */
