@@ -118,16 +118,20 @@ int RunBenchTiersNvme(const std::vector<std::string>& argv) {
   auto host_mib = a->GetUint("host-capacity-mib", 512);
   auto nvme_mib = a->GetUint("nvme-capacity-mib", 4096);
   auto engine_mib = a->GetUint("engine-mib", 256);
-  auto workers = a->GetUint("workers", 4);
-  auto depth = a->GetUint("depth", 4);
+  // Requests in flight and workers default to what keeps queue_depth chunks in flight,
+  // as the limit does (at least four requests, so that copies overlap I/O).
+  auto workers = a->GetUint("workers", 0);
+  auto depth = a->GetUint("depth", 0);
   auto qd = a->GetUint("queue-depth", 16);
   auto fio_seconds = a->GetDouble("fio-seconds", 2);
   for (const Status* s : {&sizes.status(), &seconds.status(), &reps.status(), &host_mib.status(),
                           &nvme_mib.status(), &engine_mib.status(), &workers.status(), &depth.status(),
                           &qd.status(), &fio_seconds.status()})
     if (!s->ok()) return Fail("tiers", *s);
-  if (*reps == 0 || *depth == 0 || *workers == 0 || *qd == 0)
-    return Fail("tiers", Status::InvalidArgument("--reps, --depth, --workers and --queue-depth must be at least 1"));
+  if (*reps == 0 || *qd == 0)
+    return Fail("tiers", Status::InvalidArgument("--reps and --queue-depth must be at least 1"));
+  const uint64_t max_depth = *depth ? *depth : std::max<uint64_t>(2, *qd);
+  if (!a->Has("host-capacity-mib")) *host_mib = std::max<uint64_t>(*host_mib, 2 * max_depth * 32 + 256);
   const bool json = a->Has("json");
   Result<std::unique_ptr<BenchDir>> dir = MakeDir(*a);
   if (!dir.ok()) return Fail("tiers", dir.status());
@@ -139,7 +143,7 @@ int RunBenchTiersNvme(const std::vector<std::string>& argv) {
 
   StoreConfig cfg;
   cfg.host_capacity_bytes = *host_mib * kMiB;
-  cfg.worker_threads = static_cast<uint32_t>(*workers);
+  cfg.worker_threads = static_cast<uint32_t>(*workers ? *workers : std::min<uint64_t>(max_depth, 16));
   cfg.nvme.enabled = true;
   cfg.nvme.paths = {data};
   cfg.nvme.capacity_bytes = file_bytes;
@@ -153,10 +157,10 @@ int RunBenchTiersNvme(const std::vector<std::string>& argv) {
   const bool use_fio = !a->Has("no-fio");
   if (!json)
     std::printf("kvtier bench tiers: tier=nvme dir=%s io=%s%s shape=llama3-8b host=%llu MiB nvme=%llu MiB "
-                "workers=%llu depth=%llu queue_depth=%llu reps=%llu\n",
+                "workers=%llu max_requests_in_flight=%llu queue_depth=%llu reps=%llu\n",
                 (*dir)->path.c_str(), st0.nvme_io_backend.c_str(), cfg.nvme.buffered ? " (buffered)" : " (O_DIRECT)",
                 static_cast<unsigned long long>(*host_mib), static_cast<unsigned long long>(*nvme_mib),
-                static_cast<unsigned long long>(*workers), static_cast<unsigned long long>(*depth),
+                static_cast<unsigned long long>(cfg.worker_threads), static_cast<unsigned long long>(max_depth),
                 static_cast<unsigned long long>(*qd), static_cast<unsigned long long>(*reps));
 
   const uint64_t token_bytes = 128 * 1024;
@@ -181,7 +185,8 @@ int RunBenchTiersNvme(const std::vector<std::string>& argv) {
     w.chunk_bytes = ChunkPayloadBytes(spec.shape);
     w.chunks_per_request = static_cast<uint32_t>(std::clamp<uint64_t>(
         32 * kMiB / w.chunk_bytes, 1, std::max<uint64_t>(w.num_blocks / w.blocks_per_chunk, 1)));
-    w.depth = static_cast<uint32_t>(*depth);
+    w.depth = static_cast<uint32_t>(
+        *depth ? *depth : std::max<uint64_t>(4, (*qd + w.chunks_per_request - 1) / w.chunks_per_request));
     w.max_saved = 1u << 20;
     // Enough on NVMe and not in host before the first load phase.
     while (true) {
@@ -227,6 +232,7 @@ int RunBenchTiersNvme(const std::vector<std::string>& argv) {
           .Add("limit", op == 0 ? "raw io_uring O_DIRECT random write, same block and queue depth"
                                 : "raw io_uring O_DIRECT random read of the data file, same block and queue depth")
           .Add("queue_depth", *qd)
+          .Add("requests_in_flight", uint64_t{w.depth})
           .Add("io", st0.nvme_io_backend);
       if (op == 1 && fio > 0) rep.Add("fio_gbps", fio).Add("fio_ratio", g / fio);
       rep.Print();

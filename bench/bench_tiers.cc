@@ -49,6 +49,11 @@ double MemcpyLimit(const uint8_t* src, uint64_t src_bytes, uint8_t* dst, uint64_
 }  // namespace
 
 int RunBenchTiers(const std::vector<std::string>& argv) {
+  // Each tier has its own options: dispatch on --tier before parsing the rest.
+  for (size_t i = 0; i < argv.size(); ++i) {
+    if ((argv[i] == "--tier" && i + 1 < argv.size() && argv[i + 1] == "nvme") || argv[i] == "--tier=nvme")
+      return RunBenchTiersNvme(argv);
+  }
   Result<Args> a = Args::Parse(argv,
                                {"tier", "sizes", "seconds", "reps", "host-capacity-mib", "engine-mib", "workers",
                                 "depth"},

@@ -413,13 +413,25 @@ Status NvmeTier::Write(std::span<WriteItem> items) {
       if (!ops[o].status.ok()) items[i].status = ops[o].status;
     if (items[i].status.ok()) touched[items[i].record.extent.file] = true;
   }
-  // Durable data first ...
-  for (size_t f = 0; f < files_.size(); ++f) {
-    if (!touched[f]) continue;
-    Status s = files_[f]->Sync();
-    if (s.ok()) continue;
-    for (WriteItem& w : items)
-      if (w.status.ok() && w.record.extent.file == f) w.status = s.WithContext("nvme tier: sync: ");
+  // Durable data first. Group commit: a sync that starts after our writes completed
+  // covers them, so concurrent writers share one fdatasync per file.
+  const uint64_t my_epoch = write_epoch_.fetch_add(1, std::memory_order_acq_rel) + 1;
+  {
+    std::lock_guard<std::mutex> sl(sync_mu_);
+    if (synced_epoch_ < my_epoch) {
+      const uint64_t target = write_epoch_.load(std::memory_order_acquire);
+      Status all;
+      for (size_t f = 0; f < files_.size(); ++f) {
+        Status s = files_[f]->Sync();
+        if (!s.ok() && all.ok()) all = s;
+      }
+      if (all.ok()) {
+        synced_epoch_ = target;
+      } else {
+        for (WriteItem& w : items)
+          if (w.status.ok() && touched[w.record.extent.file]) w.status = all.WithContext("nvme tier: sync: ");
+      }
+    }
   }
   // ... then the records, in one synced batch.
   rocksdb::WriteBatch batch;

@@ -57,7 +57,7 @@ struct NvmeTierOptions {
   uint64_t capacity_bytes = 0;
   std::string metadata_dir;        // RocksDB directory
   uint32_t queue_depth = 16;
-  uint64_t max_io_bytes = 1ull << 20;  // larger transfers are split so one chunk fills the queue
+  uint64_t max_io_bytes = 4ull << 20;  // larger transfers are split so one chunk fills the queue
   bool buffered = false;               // no O_DIRECT (tmpfs); data goes through the page cache
   Env* env = nullptr;                  // Env::Default() when null
 };
@@ -158,6 +158,12 @@ class NvmeTier {
   uint64_t used_bytes_ = 0;
 
   std::atomic<uint64_t> corrupt_{0}, dropped_{0}, write_errors_{0}, read_errors_{0};
+
+  // Group commit of data syncs: a Write takes an epoch once its data is written; a sync
+  // that starts later makes it durable. synced_epoch_ is guarded by sync_mu_.
+  std::atomic<uint64_t> write_epoch_{0};
+  std::mutex sync_mu_;
+  uint64_t synced_epoch_ = 0;
 };
 
 }  // namespace kvtier
