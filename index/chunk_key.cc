@@ -79,10 +79,11 @@ Status ValidateNamespaceSpec(const NamespaceSpec& spec) {
   return Status::OK();
 }
 
-NamespaceId ComputeNamespaceId(const NamespaceSpec& spec) {
+// Every field of the spec, tagged; TP only when with_tp.
+static std::string EncodeSpecFields(const NamespaceSpec& spec, const char* magic, bool with_tp) {
   const KvShape& s = spec.shape;
   Encoder e;
-  e.Str(1, "kvtier-namespace-v1");
+  e.Str(1, magic);
   e.Str(2, spec.model.name);
   e.Str(3, spec.model.revision);
   e.Str(4, spec.model.weights_digest);
@@ -93,13 +94,19 @@ NamespaceId ComputeNamespaceId(const NamespaceSpec& spec) {
   e.U32(9, static_cast<uint32_t>(s.dtype));
   e.U32(10, s.chunk_tokens);
   e.U32(11, s.mla ? 1 : 0);
-  if (!s.mla) {  // every MLA rank holds the same latent, so TP is not part of its identity
+  if (with_tp) {
     e.U32(12, s.tp_rank);
     e.U32(13, s.tp_size);
   }
   e.Str(14, spec.adapter_id);
   e.Str(15, spec.tenant_salt);
-  XXH128_hash_t h = XXH3_128bits(e.bytes().data(), e.bytes().size());
+  return e.bytes();
+}
+
+NamespaceId ComputeNamespaceId(const NamespaceSpec& spec) {
+  // Every MLA rank holds the same latent, so TP is not part of its identity.
+  const std::string bytes = EncodeSpecFields(spec, "kvtier-namespace-v1", !spec.shape.mla);
+  XXH128_hash_t h = XXH3_128bits(bytes.data(), bytes.size());
   NamespaceId id;
   id.lo = h.low64;
   id.hi = h.high64;
@@ -107,26 +114,8 @@ NamespaceId ComputeNamespaceId(const NamespaceSpec& spec) {
 }
 
 std::string EncodeNamespaceSpec(const NamespaceSpec& spec) {
-  const KvShape& s = spec.shape;
-  Encoder e;
-  e.Str(1, "kvtier-namespace-spec-v1");
-  e.Str(2, spec.model.name);
-  e.Str(3, spec.model.revision);
-  e.Str(4, spec.model.weights_digest);
-  e.Str(5, spec.model.tokenizer_id);
-  e.U32(6, s.num_layers);
-  e.U32(7, s.num_kv_heads);
-  e.U32(8, s.head_dim);
-  e.U32(9, static_cast<uint32_t>(s.dtype));
-  e.U32(10, s.chunk_tokens);
-  e.U32(11, s.mla ? 1 : 0);
-  e.U32(12, s.tp_rank);
-  e.U32(13, s.tp_size);
-  e.Str(14, spec.adapter_id);
-  e.Str(15, spec.tenant_salt);
-  return e.bytes();
+  return EncodeSpecFields(spec, "kvtier-namespace-spec-v1", true);
 }
-
 Result<NamespaceSpec> DecodeNamespaceSpec(std::string_view b) {
   size_t pos = 0;
   auto field = [&](uint8_t tag, uint64_t* v, std::string* str) -> bool {

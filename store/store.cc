@@ -95,6 +95,7 @@ struct Store::Impl {
   Status PrepareRequest(const Registration& r, std::span<const int32_t> tokens, std::span<const int32_t> block_ids,
                         std::span<const ExtraKey> extras, bool need_blocks, std::vector<ChunkKey>* keys) const;
   Result<SlotId> AllocateSlot(uint64_t payload_bytes);
+  std::shared_ptr<NamespaceState> LruLeaf(TierId tier, LeafCandidate* leaf);
   Result<NvmeExtent> AllocateExtent(uint64_t payload_bytes);  // requires placement_mu
   void FreeRemoved(const std::vector<RemovedChunk>& removed);  // requires placement_mu
   void Demote(std::unique_lock<std::mutex>& placement, NamespaceState& ns, const ChunkKey& key);
@@ -178,27 +179,31 @@ Status Store::Impl::PrepareRequest(const Registration& r, std::span<const int32_
 
 // ---- placement -----------------------------------------------------------------------------
 
+// The least recently used unpinned leaf of `tier` over every namespace (the clock is
+// shared, so ticks compare across indexes); null when there is none.
+std::shared_ptr<NamespaceState> Store::Impl::LruLeaf(TierId tier, LeafCandidate* leaf) {
+  std::shared_ptr<NamespaceState> best;
+  std::shared_lock<std::shared_mutex> rl(reg_mu);
+  for (auto& [id, ns] : namespaces) {
+    std::vector<LeafCandidate> c = ns->index.LruLeaves(tier, 1);
+    if (!c.empty() && (!best || c[0].last_access < leaf->last_access)) {
+      best = ns;
+      *leaf = c[0];
+    }
+  }
+  return best;
+}
+
 Result<SlotId> Store::Impl::AllocateSlot(uint64_t payload_bytes) {
   std::unique_lock<std::mutex> l(placement_mu);
   std::vector<RemovedChunk> removed;
   for (;;) {
     Result<SlotId> s = host->Allocate(payload_bytes);
     if (s.ok() || s.status().code() != Status::Code::kNoSpace) return s;
-    // Evict the least recently used host leaf of any namespace (the clock is shared, so
-    // ticks compare across indexes). Extents merge on free, so this ends once enough
-    // contiguous space is free or nothing evictable is left.
-    std::shared_ptr<NamespaceState> victim_ns;
+    // Evict the least recently used host leaf. Extents merge on free, so this ends once
+    // enough contiguous space is free or nothing evictable is left.
     LeafCandidate victim{};
-    {
-      std::shared_lock<std::shared_mutex> rl(reg_mu);
-      for (auto& [id, ns] : namespaces) {
-        std::vector<LeafCandidate> c = ns->index.LruLeaves(TierId::kHost, 1);
-        if (!c.empty() && (!victim_ns || c[0].last_access < victim.last_access)) {
-          victim_ns = ns;
-          victim = c[0];
-        }
-      }
-    }
+    std::shared_ptr<NamespaceState> victim_ns = LruLeaf(TierId::kHost, &victim);
     if (!victim_ns)
       return Status::NoSpace("host tier: full, and every cached chunk is pinned by a save or load in flight; "
                              "retry later or raise host capacity");
@@ -228,18 +233,8 @@ Result<NvmeExtent> Store::Impl::AllocateExtent(uint64_t payload_bytes) {
   for (;;) {
     Result<NvmeExtent> e = nvme->Allocate(payload_bytes);
     if (e.ok() || e.status().code() != Status::Code::kNoSpace) return e;
-    std::shared_ptr<NamespaceState> victim_ns;
     LeafCandidate victim{};
-    {
-      std::shared_lock<std::shared_mutex> rl(reg_mu);
-      for (auto& [id, ns] : namespaces) {
-        std::vector<LeafCandidate> c = ns->index.LruLeaves(TierId::kNvme, 1);
-        if (!c.empty() && (!victim_ns || c[0].last_access < victim.last_access)) {
-          victim_ns = ns;
-          victim = c[0];
-        }
-      }
-    }
+    std::shared_ptr<NamespaceState> victim_ns = LruLeaf(TierId::kNvme, &victim);
     if (!victim_ns) return Status::NoSpace("nvme tier: full, and every chunk on it is pinned");
     removed.clear();
     Status c = victim_ns->index.ClearResident(victim.key, TierId::kNvme, &removed, /*if_unpinned=*/true);
