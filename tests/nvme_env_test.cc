@@ -1,4 +1,4 @@
-// Env tests on real files under a fresh directory in /tmp, with real O_DIRECT and real
+// Env tests on real files under a fresh directory (tests/temp_dir.h), with real O_DIRECT and real
 // io_uring. Every queue test runs on both backends; the io_uring run skips (with the
 // reason) where the kernel does not allow io_uring.
 #include <fcntl.h>
@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "tests/temp_dir.h"
 #include "tiers/nvme/env.h"
 #include "tiers/nvme/fault_env.h"
 
@@ -32,25 +33,7 @@ constexpr uint64_t kKiB = 1024;
 constexpr uint64_t kMiB = 1024 * kKiB;
 constexpr uint64_t kBlock = kDirectIoAlign;
 
-// A fresh directory (mkdtemp), removed with everything in it at the end of the test.
-class TempDir {
- public:
-  explicit TempDir(const std::string& parent = "/tmp") {
-    std::string templ = parent + "/kvtier_nvme_env_XXXXXX";
-    if (mkdtemp(templ.data()) != nullptr) path_ = templ;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using test::TempDir;
 
 // Page-aligned heap memory, as O_DIRECT needs.
 class AlignedBuf {
@@ -182,7 +165,7 @@ std::string BackendName(const ::testing::TestParamInfo<Backend>& info) {
 class BackendTest : public ::testing::TestWithParam<Backend> {
  protected:
   void SetUp() override {
-    ASSERT_FALSE(dir_.path().empty()) << "mkdtemp under /tmp failed: " << std::strerror(errno);
+    ASSERT_FALSE(dir_.path().empty()) << "mkdtemp failed: " << std::strerror(errno);
     env_ = Env::NewPosixEnv(GetParam() == Backend::kPread);
     if (GetParam() == Backend::kUring && std::string(env_->io_backend()) != "io_uring") {
       GTEST_SKIP() << "io_uring is unavailable on this machine: " << UringUnavailableReason();

@@ -10,68 +10,17 @@
 #include <vector>
 
 #include "index/chunk_key.h"
+#include "tests/test_engine.h"
 
 namespace kvtier {
 namespace {
 
-uint64_t Mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-// Engine KV memory in vLLM's NHD layout: per layer [K|V][block][token][head][dim].
-struct TestEngine {
-  KvShape shape;
-  uint32_t block_tokens;
-  uint32_t num_blocks;
-  uint64_t block_bytes;  // one of K/V of one block in one layer
-  std::vector<std::vector<uint8_t>> layers;
-  KvMemoryLayout layout;
-
-  TestEngine(const KvShape& s, uint32_t bt, uint32_t nb) : shape(s), block_tokens(bt), num_blocks(nb) {
-    const uint64_t elem = DTypeSize(s.dtype);
-    block_bytes = uint64_t{bt} * s.num_kv_heads * s.head_dim * elem;
-    layout.block_tokens = bt;
-    layout.num_blocks = nb;
-    for (uint32_t l = 0; l < s.num_layers; ++l) {
-      layers.emplace_back(2 * block_bytes * nb, 0);
-      KvLayerMemory m;
-      m.base = layers.back().data();
-      m.bytes = layers.back().size();
-      m.block_stride = block_bytes;
-      m.token_stride = uint64_t{s.num_kv_heads} * s.head_dim * elem;
-      m.head_stride = uint64_t{s.head_dim} * elem;
-      m.dim_stride = elem;
-      m.kv_offset = block_bytes * nb;
-      layout.layers.push_back(m);
-    }
-  }
-  uint8_t* Part(uint32_t layer, uint32_t kv, uint32_t block) {
-    return layers[layer].data() + kv * block_bytes * num_blocks + block * block_bytes;
-  }
-  void Fill(uint32_t block, uint64_t seed) {
-    for (uint32_t l = 0; l < shape.num_layers; ++l)
-      for (uint32_t kv = 0; kv < 2; ++kv) {
-        uint8_t* p = Part(l, kv, block);
-        for (uint64_t i = 0; i < block_bytes; ++i) p[i] = static_cast<uint8_t>(Mix(seed ^ (l << 20) ^ (kv << 19) ^ i));
-      }
-  }
-  bool Holds(uint32_t block, uint64_t seed) {
-    for (uint32_t l = 0; l < shape.num_layers; ++l)
-      for (uint32_t kv = 0; kv < 2; ++kv) {
-        const uint8_t* p = Part(l, kv, block);
-        for (uint64_t i = 0; i < block_bytes; ++i)
-          if (p[i] != static_cast<uint8_t>(Mix(seed ^ (l << 20) ^ (kv << 19) ^ i))) return false;
-      }
-    return true;
-  }
-  void Zero(uint32_t block) {
-    for (uint32_t l = 0; l < shape.num_layers; ++l)
-      for (uint32_t kv = 0; kv < 2; ++kv) std::memset(Part(l, kv, block), 0, block_bytes);
-  }
-};
+using test::Blocks;
+using test::FillPrompt;
+using test::HoldsPrompt;
+using test::KeysOf;
+using test::Prompt;
+using test::TestEngine;
 
 KvShape SmallShape() {
   KvShape s;
@@ -91,18 +40,6 @@ NamespaceSpec Spec(const std::string& revision = "r1") {
   return n;
 }
 
-std::vector<int32_t> Prompt(uint32_t id, uint32_t tokens) {
-  std::vector<int32_t> t(tokens);
-  for (uint32_t i = 0; i < tokens; ++i) t[i] = static_cast<int32_t>(Mix(uint64_t{id} << 32 | i) % 50000);
-  return t;
-}
-
-std::vector<int32_t> Blocks(uint32_t first, uint32_t count) {
-  std::vector<int32_t> b(count);
-  for (uint32_t i = 0; i < count; ++i) b[i] = static_cast<int32_t>(first + i);
-  return b;
-}
-
 std::unique_ptr<Store> OpenStore(uint64_t capacity = 8 << 20, uint32_t workers = 2) {
   StoreConfig c;
   c.host_capacity_bytes = capacity;
@@ -114,24 +51,6 @@ std::unique_ptr<Store> OpenStore(uint64_t capacity = 8 << 20, uint32_t workers =
 }
 
 constexpr uint32_t kBpc = 4;  // chunk 16 tokens / block 4 tokens
-
-// Seeds the source blocks of a prompt's chunks with data derived from the chunk keys,
-// so that any chunk served from the wrong slot shows.
-std::vector<ChunkKey> KeysOf(const NamespaceSpec& spec, const std::vector<int32_t>& tokens) {
-  std::vector<ChunkKey> k;
-  EXPECT_TRUE(ComputeChunkKeys(ComputeNamespaceId(spec), spec.shape.chunk_tokens, tokens, {}, &k).ok());
-  return k;
-}
-void FillPrompt(TestEngine& e, const std::vector<ChunkKey>& keys, const std::vector<int32_t>& blocks) {
-  for (size_t c = 0; c < keys.size(); ++c)
-    for (uint32_t b = 0; b < kBpc; ++b) e.Fill(blocks[c * kBpc + b], keys[c].lo + b);
-}
-bool HoldsPrompt(TestEngine& e, const std::vector<ChunkKey>& keys, const std::vector<int32_t>& blocks, size_t chunks) {
-  for (size_t c = 0; c < chunks; ++c)
-    for (uint32_t b = 0; b < kBpc; ++b)
-      if (!e.Holds(blocks[c * kBpc + b], keys[c].lo + b)) return false;
-  return true;
-}
 
 TEST(Store, SaveLookupLoadRoundTrip) {
   auto store = OpenStore();
