@@ -54,6 +54,8 @@ int RunBenchTiers(const std::vector<std::string>& argv);
 int RunBenchIndex(const std::vector<std::string>& argv);
 int RunBenchTiersNvme(const std::vector<std::string>& argv);
 int RunBenchRestart(const std::vector<std::string>& argv);
+// The Mover's CUDA kernels against cudaMemcpyAsync; exits 2 where CUDA is not built or no device.
+int RunBenchKernels(const std::vector<std::string>& argv);
 
 }  // namespace kvtier::bench
 

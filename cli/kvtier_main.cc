@@ -29,6 +29,9 @@ const char kUsage[] =
     "      --nvme-dir DIR  --chunk-tokens 16  --chunks-per-request 64  --json\n"
     "  bench index   lookup latency of a long fully cached prompt in a large index\n"
     "      --chunks 250000  --prompt-tokens 131072  --chunk-tokens 256  --iters 300  --json\n"
+    "  bench kernels CUDA gather/scatter of batches of chunks (Llama-3-8B shape, 32 MiB chunks)\n"
+    "                next to cudaMemcpyAsync of the same bytes; load/save from pinned host memory\n"
+    "      --batches 1,4,16  --iters 10  --reps 5  --json   (needs a GPU; exits 2 without one)\n"
     "  version       print the version\n"
     "  help          this text (also --help, -h)\n";
 
@@ -64,7 +67,8 @@ int main(int argc, char** argv) {
     if (args[1] == "tiers") return kvtier::bench::RunBenchTiers(rest);
     if (args[1] == "index") return kvtier::bench::RunBenchIndex(rest);
     if (args[1] == "restart") return kvtier::bench::RunBenchRestart(rest);
-    std::fprintf(stderr, "kvtier bench: unknown benchmark '%s' (tiers, index, restart)\n", args[1].c_str());
+    if (args[1] == "kernels") return kvtier::bench::RunBenchKernels(rest);
+    std::fprintf(stderr, "kvtier bench: unknown benchmark '%s' (tiers, index, restart, kernels)\n", args[1].c_str());
     return 2;
   }
   std::fprintf(stderr, "kvtier: unknown command '%s'; see kvtier --help\n", cmd.c_str());

@@ -34,6 +34,8 @@ class Mover {
   uint32_t blocks_per_chunk() const { return BlocksPerChunk(geom_); }
   uint64_t payload_bytes() const { return PayloadBytes(geom_); }
   uint64_t layer_bytes() const { return PayloadLayerBytes(geom_); }
+  // Per layer, validated; what a GpuMoverPlan copies to device memory (kernels/mover_cuda.h).
+  std::span<const LayerGeometry> layers() const { return layers_; }
 
   // Copies layers [first_layer, first_layer + num_layers) of the chunk made of `block_ids`
   // (exactly blocks_per_chunk() ids, each < num_blocks) into `payload`, which points at
