@@ -92,6 +92,10 @@ struct Store::Impl {
   void WorkerLoop();
   void Enqueue(Job job);
   Result<std::shared_ptr<Registration>> Find(NamespaceHandle h) const;
+  struct CopyRequest;
+  Result<std::shared_ptr<CopyRequest>> MakeCopyRequest(NamespaceHandle h, std::span<const int32_t> tokens,
+                                                       std::span<const int32_t> block_ids,
+                                                       std::span<const ExtraKey> extra_keys, bool keep_tokens);
   Status PrepareRequest(const Registration& r, std::span<const int32_t> tokens, std::span<const int32_t> block_ids,
                         std::span<const ExtraKey> extras, bool need_blocks, std::vector<ChunkKey>* keys) const;
   Result<SlotId> AllocateSlot(uint64_t payload_bytes);
@@ -665,27 +669,43 @@ Result<LookupResult> Store::Lookup(NamespaceHandle h, std::span<const int32_t> t
   return out;
 }
 
+// What a save or load job needs, copied out of the caller's spans.
+struct Store::Impl::CopyRequest {
+  std::shared_ptr<Registration> reg;
+  std::vector<ChunkKey> keys;
+  std::vector<int32_t> blocks;  // the whole chunks' block ids
+  std::vector<int32_t> tokens;  // the whole chunks' tokens (saves only)
+};
+
+Result<std::shared_ptr<Store::Impl::CopyRequest>> Store::Impl::MakeCopyRequest(
+    NamespaceHandle h, std::span<const int32_t> tokens, std::span<const int32_t> block_ids,
+    std::span<const ExtraKey> extra_keys, bool keep_tokens) {
+  Result<std::shared_ptr<Registration>> r = Find(h);
+  if (!r.ok()) return r.status();
+  auto req = std::make_shared<CopyRequest>();
+  req->reg = std::move(*r);
+  KVTIER_RETURN_IF_ERROR(PrepareRequest(*req->reg, tokens, block_ids, extra_keys, true, &req->keys));
+  const uint64_t chunks = req->keys.size();
+  req->blocks.assign(block_ids.begin(), block_ids.begin() + chunks * req->reg->mover.blocks_per_chunk());
+  if (keep_tokens) req->tokens.assign(tokens.begin(), tokens.begin() + chunks * req->reg->ns->spec.shape.chunk_tokens);
+  return req;
+}
+
 Result<Ticket> Store::Save(NamespaceHandle h, std::span<const int32_t> tokens, std::span<const int32_t> block_ids,
                            std::span<const ExtraKey> extra_keys) {
   Impl& s = *impl_;
   KVTIER_OPEN_GUARD(s);
-  Result<std::shared_ptr<Registration>> r = s.Find(h);
-  if (!r.ok()) return r.status();
-  auto keys = std::make_shared<std::vector<ChunkKey>>();
-  KVTIER_RETURN_IF_ERROR(s.PrepareRequest(**r, tokens, block_ids, extra_keys, true, keys.get()));
-  const uint32_t bpc = (*r)->mover.blocks_per_chunk();
-  auto blocks = std::make_shared<std::vector<int32_t>>(block_ids.begin(), block_ids.begin() + keys->size() * bpc);
-  auto toks = std::make_shared<std::vector<int32_t>>(
-      tokens.begin(), tokens.begin() + keys->size() * (*r)->ns->spec.shape.chunk_tokens);
-  auto t = std::make_shared<TicketState>(static_cast<uint32_t>(keys->size()));
+  Result<std::shared_ptr<Impl::CopyRequest>> req = s.MakeCopyRequest(h, tokens, block_ids, extra_keys, true);
+  if (!req.ok()) return req.status();
+  auto t = std::make_shared<TicketState>(static_cast<uint32_t>((*req)->keys.size()));
   Add(s.n.saves, 1);
-  s.Enqueue([&s, reg = *r, keys, blocks, toks, t](bool abort) {
+  s.Enqueue([&s, q = *req, t](bool abort) {
     if (abort) {
-      Add(s.n.save_failed_chunks, keys->size());
+      Add(s.n.save_failed_chunks, q->keys.size());
       t->Finish(Status::Cancelled("save: store closed before the save ran"), 0);
       return;
     }
-    s.RunSave(*reg, *keys, *blocks, *toks, *t);
+    s.RunSave(*q->reg, q->keys, q->blocks, q->tokens, *t);
   });
   return Ticket(std::move(t));
 }
@@ -694,27 +714,23 @@ Result<Ticket> Store::Load(NamespaceHandle h, std::span<const int32_t> tokens, s
                            std::span<const ExtraKey> extra_keys) {
   Impl& s = *impl_;
   KVTIER_OPEN_GUARD(s);
-  Result<std::shared_ptr<Registration>> r = s.Find(h);
-  if (!r.ok()) return r.status();
-  auto keys = std::make_shared<std::vector<ChunkKey>>();
-  KVTIER_RETURN_IF_ERROR(s.PrepareRequest(**r, tokens, block_ids, extra_keys, true, keys.get()));
-  const uint32_t bpc = (*r)->mover.blocks_per_chunk();
-  auto blocks = std::make_shared<std::vector<int32_t>>(block_ids.begin(), block_ids.begin() + keys->size() * bpc);
+  Result<std::shared_ptr<Impl::CopyRequest>> req = s.MakeCopyRequest(h, tokens, block_ids, extra_keys, false);
+  if (!req.ok()) return req.status();
   // Pin now, so that what is cached at submission stays cached until it is copied.
   MatchOptions mo;
   mo.tiers = TierBit(TierId::kHost) | (s.nvme ? TierBit(TierId::kNvme) : 0);
   mo.pin = true;
-  const size_t matched = (*r)->ns->index.Match(*keys, mo);
-  auto t = std::make_shared<TicketState>(static_cast<uint32_t>(keys->size()));
+  const size_t matched = (*req)->reg->ns->index.Match((*req)->keys, mo);
+  auto t = std::make_shared<TicketState>(static_cast<uint32_t>((*req)->keys.size()));
   Add(s.n.loads, 1);
-  s.Enqueue([&s, reg = *r, keys, matched, blocks, t](bool abort) {
+  s.Enqueue([&s, q = *req, matched, t](bool abort) {
     if (abort) {
-      reg->ns->index.Unpin(std::span<const ChunkKey>(keys->data(), matched));
-      Add(s.n.load_failed_chunks, keys->size());
+      q->reg->ns->index.Unpin(std::span<const ChunkKey>(q->keys.data(), matched));
+      Add(s.n.load_failed_chunks, q->keys.size());
       t->Finish(Status::Cancelled("load: store closed before the load ran"), 0);
       return;
     }
-    s.RunLoad(*reg, *keys, matched, *blocks, *t);
+    s.RunLoad(*q->reg, q->keys, matched, q->blocks, *t);
   });
   return Ticket(std::move(t));
 }

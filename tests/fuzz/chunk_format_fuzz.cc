@@ -2,12 +2,21 @@
 // bytes must never crash, and must never accept bytes that are not a valid encoding of
 // the expected chunk.
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <span>
 
 #include "tiers/chunk_format.h"
 
 using namespace kvtier;
+
+#define FUZZ_CHECK(cond)                                                                      \
+  do {                                                                                        \
+    if (!(cond)) {                                                                            \
+      std::fprintf(stderr, "chunk_format_fuzz: %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+      __builtin_trap();                                                                       \
+    }                                                                                         \
+  } while (0)
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   KvShape shape;
@@ -26,13 +35,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (p.ok()) {
     // Accepted: it must be exactly the encoding of this payload.
     std::vector<uint8_t> again = EncodeChunk(MakeChunkHeader(id.ns, id.key, shape), *p);
-    if (again.size() != size || std::memcmp(again.data(), data, size) != 0) __builtin_trap();
+    FUZZ_CHECK(again.size() == size && std::memcmp(again.data(), data, size) == 0);
   }
   // Also feed the bytes as a payload: encode then decode must round-trip.
   if (size == ChunkPayloadBytes(shape)) {
     std::vector<uint8_t> v = EncodeChunk(MakeChunkHeader(id.ns, id.key, shape), in);
     Result<std::span<const uint8_t>> q = DecodeChunk(v, id);
-    if (!q.ok() || q->size() != size || std::memcmp(q->data(), data, size) != 0) __builtin_trap();
+    FUZZ_CHECK(q.ok() && q->size() == size && std::memcmp(q->data(), data, size) == 0);
   }
   return 0;
 }
