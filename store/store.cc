@@ -99,7 +99,8 @@ struct Store::Impl {
   Status PrepareRequest(const Registration& r, std::span<const int32_t> tokens, std::span<const int32_t> block_ids,
                         std::span<const ExtraKey> extras, bool need_blocks, std::vector<ChunkKey>* keys) const;
   Result<SlotId> AllocateSlot(uint64_t payload_bytes);
-  std::shared_ptr<NamespaceState> LruLeaf(TierId tier, LeafCandidate* leaf);
+  std::vector<std::pair<std::shared_ptr<NamespaceState>, LeafCandidate>> LruLeaves(TierId tier,
+                                                                                   size_t per_namespace);
   Result<NvmeExtent> AllocateExtent(uint64_t payload_bytes);  // requires placement_mu
   void FreeRemoved(const std::vector<RemovedChunk>& removed);  // requires placement_mu
   void Demote(std::unique_lock<std::mutex>& placement, NamespaceState& ns, const ChunkKey& key);
@@ -183,20 +184,24 @@ Status Store::Impl::PrepareRequest(const Registration& r, std::span<const int32_
 
 // ---- placement -----------------------------------------------------------------------------
 
-// The least recently used unpinned leaf of `tier` over every namespace (the clock is
-// shared, so ticks compare across indexes); null when there is none.
-std::shared_ptr<NamespaceState> Store::Impl::LruLeaf(TierId tier, LeafCandidate* leaf) {
-  std::shared_ptr<NamespaceState> best;
-  std::shared_lock<std::shared_mutex> rl(reg_mu);
-  for (auto& [id, ns] : namespaces) {
-    std::vector<LeafCandidate> c = ns->index.LruLeaves(tier, 1);
-    if (!c.empty() && (!best || c[0].last_access < leaf->last_access)) {
-      best = ns;
-      *leaf = c[0];
-    }
+// Unpinned leaves of `tier` over every namespace, least recently used first (the clock
+// is shared, so ticks compare across indexes); up to `per_namespace` from each.
+std::vector<std::pair<std::shared_ptr<NamespaceState>, LeafCandidate>> Store::Impl::LruLeaves(
+    TierId tier, size_t per_namespace) {
+  std::vector<std::pair<std::shared_ptr<NamespaceState>, LeafCandidate>> out;
+  {
+    std::shared_lock<std::shared_mutex> rl(reg_mu);
+    for (auto& [id, ns] : namespaces)
+      for (const LeafCandidate& c : ns->index.LruLeaves(tier, per_namespace)) out.emplace_back(ns, c);
   }
-  return best;
+  std::sort(out.begin(), out.end(),
+            [](const auto& x, const auto& y) { return x.second.last_access < y.second.last_access; });
+  return out;
 }
+
+// How many eviction candidates to look at per namespace before giving up: a candidate is
+// passed over when it, or a chunk below it that would go with it, is pinned.
+constexpr size_t kEvictionCandidates = 16;
 
 Result<SlotId> Store::Impl::AllocateSlot(uint64_t payload_bytes) {
   std::unique_lock<std::mutex> l(placement_mu);
@@ -204,24 +209,27 @@ Result<SlotId> Store::Impl::AllocateSlot(uint64_t payload_bytes) {
   for (;;) {
     Result<SlotId> s = host->Allocate(payload_bytes);
     if (s.ok() || s.status().code() != Status::Code::kNoSpace) return s;
-    // Evict the least recently used host leaf. Extents merge on free, so this ends once
-    // enough contiguous space is free or nothing evictable is left.
-    LeafCandidate victim{};
-    std::shared_ptr<NamespaceState> victim_ns = LruLeaf(TierId::kHost, &victim);
-    if (!victim_ns)
+    // Evict the least recently used host leaf that can go. Extents merge on free, so this
+    // ends once enough contiguous space is free or nothing evictable is left.
+    bool evicted = false;
+    for (auto& [ns, victim] : LruLeaves(TierId::kHost, kEvictionCandidates)) {
+      if (nvme && config.nvme.policy != WritePolicy::kNone) {
+        std::optional<TierMask> r = ns->index.Residency(victim.key);
+        if (r && (*r & TierBit(TierId::kNvme)) == 0) Demote(l, *ns, victim.key);
+      }
+      removed.clear();
+      // A pinned chunk may be being read from its slot: never free that slot.
+      Status c = ns->index.ClearResident(victim.key, TierId::kHost, &removed, /*if_unpinned=*/true);
+      if (c.code() == Status::Code::kBusy || c.IsNotFound()) continue;  // pinned, or gone meanwhile
+      if (!c.ok()) return c.WithContext("host tier eviction: ");
+      if (host->Remove(victim.key)) Add(n.evictions, 1);
+      FreeRemoved(removed);
+      evicted = true;
+      break;
+    }
+    if (!evicted)
       return Status::NoSpace("host tier: full, and every cached chunk is pinned by a save or load in flight; "
                              "retry later or raise host capacity");
-    if (nvme && config.nvme.policy != WritePolicy::kNone) {
-      std::optional<TierMask> r = victim_ns->index.Residency(victim.key);
-      if (r && (*r & TierBit(TierId::kNvme)) == 0) Demote(l, *victim_ns, victim.key);
-    }
-    removed.clear();
-    // A pinned chunk may be being read from its slot: never free that slot.
-    Status c = victim_ns->index.ClearResident(victim.key, TierId::kHost, &removed, /*if_unpinned=*/true);
-    if (c.code() == Status::Code::kBusy || c.IsNotFound()) continue;  // changed since we looked: pick again
-    if (!c.ok()) return c.WithContext("host tier eviction: ");
-    if (host->Remove(victim.key)) Add(n.evictions, 1);
-    FreeRemoved(removed);
   }
 }
 
@@ -237,15 +245,18 @@ Result<NvmeExtent> Store::Impl::AllocateExtent(uint64_t payload_bytes) {
   for (;;) {
     Result<NvmeExtent> e = nvme->Allocate(payload_bytes);
     if (e.ok() || e.status().code() != Status::Code::kNoSpace) return e;
-    LeafCandidate victim{};
-    std::shared_ptr<NamespaceState> victim_ns = LruLeaf(TierId::kNvme, &victim);
-    if (!victim_ns) return Status::NoSpace("nvme tier: full, and every chunk on it is pinned");
-    removed.clear();
-    Status c = victim_ns->index.ClearResident(victim.key, TierId::kNvme, &removed, /*if_unpinned=*/true);
-    if (c.code() == Status::Code::kBusy || c.IsNotFound()) continue;
-    if (!c.ok()) return c.WithContext("nvme tier eviction: ");
-    nvme->Remove(victim.key);
-    FreeRemoved(removed);
+    bool evicted = false;
+    for (auto& [ns, victim] : LruLeaves(TierId::kNvme, kEvictionCandidates)) {
+      removed.clear();
+      Status c = ns->index.ClearResident(victim.key, TierId::kNvme, &removed, /*if_unpinned=*/true);
+      if (c.code() == Status::Code::kBusy || c.IsNotFound()) continue;
+      if (!c.ok()) return c.WithContext("nvme tier eviction: ");
+      nvme->Remove(victim.key);
+      FreeRemoved(removed);
+      evicted = true;
+      break;
+    }
+    if (!evicted) return Status::NoSpace("nvme tier: full, and every chunk on it is pinned");
   }
 }
 
@@ -277,10 +288,15 @@ void Store::Impl::Demote(std::unique_lock<std::mutex>& placement, NamespaceState
   std::optional<SlotId> slot = host->Find(key);
   std::optional<ChunkKey> parent;
   if (!slot || !ns.index.Parent(key, &parent)) return;
-  Result<NvmeExtent> e = AllocateExtent(ns.payload_bytes);
-  if (!e.ok()) return;  // nothing evictable on NVMe either: the chunk is dropped
+  // Pinned before making room on NVMe: that eviction must not take this chunk (it would
+  // go with an evicted parent) while we read its slot.
   const ChunkKey k = key;
   ns.index.Pin(std::span<const ChunkKey>(&k, 1));
+  Result<NvmeExtent> e = AllocateExtent(ns.payload_bytes);
+  if (!e.ok()) {  // nothing evictable on NVMe either: the chunk is dropped
+    ns.index.Unpin(std::span<const ChunkKey>(&k, 1));
+    return;
+  }
   std::vector<NvmeTier::WriteItem> items;
   items.push_back(MakeWriteItem(ns, k, parent, *slot, *e));
   placement.unlock();
