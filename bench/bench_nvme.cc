@@ -176,15 +176,7 @@ int RunBenchTiersNvme(const std::vector<std::string>& argv) {
     EngineKv engine = MakeEngine(spec.shape, block_tokens, *engine_mib * kMiB);
     Result<NamespaceHandle> ns = (*store)->RegisterNamespace(spec, engine.layout);
     if (!ns.ok()) return Fail("tiers", ns.status());
-    Workload w;
-    w.store = store->get();
-    w.ns = *ns;
-    w.chunk_tokens = chunk_tokens;
-    w.blocks_per_chunk = chunk_tokens / block_tokens;
-    w.num_blocks = engine.layout.num_blocks;
-    w.chunk_bytes = ChunkPayloadBytes(spec.shape);
-    w.chunks_per_request = static_cast<uint32_t>(std::clamp<uint64_t>(
-        32 * kMiB / w.chunk_bytes, 1, std::max<uint64_t>(w.num_blocks / w.blocks_per_chunk, 1)));
+    Workload w = Workload::ForEngine(store->get(), *ns, spec.shape, engine);
     w.depth = static_cast<uint32_t>(
         *depth ? *depth : std::max<uint64_t>(4, (*qd + w.chunks_per_request - 1) / w.chunks_per_request));
     w.max_saved = 1u << 20;

@@ -144,16 +144,7 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
       std::fprintf(stderr, "kvtier bench tiers: %s\n", ns.status().ToString().c_str());
       return 1;
     }
-    Workload w;
-    w.store = store->get();
-    w.ns = *ns;
-    w.chunk_tokens = chunk_tokens;
-    w.blocks_per_chunk = chunk_tokens / block_tokens;
-    w.num_blocks = engine.layout.num_blocks;
-    w.chunk_bytes = ChunkPayloadBytes(spec.shape);
-    // Requests of about 32 MiB, as many chunks as the engine memory allows.
-    w.chunks_per_request = static_cast<uint32_t>(std::clamp<uint64_t>(
-        32 * kMiB / w.chunk_bytes, 1, std::max<uint64_t>(w.num_blocks / w.blocks_per_chunk, 1)));
+    Workload w = Workload::ForEngine(store->get(), *ns, spec.shape, engine);
     w.depth = static_cast<uint32_t>(*depth);
     const uint64_t slot_bytes = w.chunk_bytes + 8192;
     const uint64_t request_slots = w.chunks_per_request;

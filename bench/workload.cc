@@ -44,6 +44,19 @@ EngineKv MakeEngine(const KvShape& shape, uint32_t block_tokens, uint64_t total_
   return e;
 }
 
+Workload Workload::ForEngine(Store* store, NamespaceHandle ns, const KvShape& shape, const EngineKv& engine) {
+  Workload w;
+  w.store = store;
+  w.ns = ns;
+  w.chunk_tokens = shape.chunk_tokens;
+  w.blocks_per_chunk = shape.chunk_tokens / engine.layout.block_tokens;
+  w.num_blocks = engine.layout.num_blocks;
+  w.chunk_bytes = ChunkPayloadBytes(shape);
+  w.chunks_per_request = static_cast<uint32_t>(std::clamp<uint64_t>(
+      (32ull << 20) / w.chunk_bytes, 1, std::max<uint64_t>(w.num_blocks / w.blocks_per_chunk, 1)));
+  return w;
+}
+
 void Workload::Request(uint64_t id, std::vector<int32_t>* tokens, std::vector<int32_t>* blocks) const {
   const uint32_t n = chunks_per_request * chunk_tokens;
   tokens->resize(n);

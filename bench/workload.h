@@ -40,6 +40,10 @@ struct Workload {
   std::deque<uint64_t> saved;  // ids of saved requests, oldest first
   uint64_t max_saved = 0;
 
+  // A workload over `engine` registered as `ns`: requests of about 32 MiB, as many
+  // chunks as the engine's blocks allow.
+  static Workload ForEngine(Store* store, NamespaceHandle ns, const KvShape& shape, const EngineKv& engine);
+
   void Request(uint64_t id, std::vector<int32_t>* tokens, std::vector<int32_t>* blocks) const;
   // Keeps `depth` requests in flight for `seconds` and returns GB/s of chunks moved.
   // Saves store new requests. Loads read requests that are fully cached with every chunk
