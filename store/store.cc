@@ -12,9 +12,12 @@
 #include "kvtier/store.h"
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <thread>
 #include <unordered_map>
@@ -22,6 +25,7 @@
 #include "index/chunk_key.h"
 #include "index/radix_index.h"
 #include "kernels/mover.h"
+#include "store/task_pool.h"
 #include "store/ticket.h"
 #include "tiers/chunk_format.h"
 #include "tiers/host/host_tier.h"
@@ -72,6 +76,7 @@ struct Store::Impl {
   bool closed = false;                      // guarded by close_mu
   std::unique_ptr<HostTier> host;           // reset by Close under close_mu (exclusive)
   std::unique_ptr<NvmeTier> nvme;           // null when the NVMe tier is off; reset by Close
+  std::unique_ptr<TaskPool> io_pool;        // write-through writers; with nvme; reset by Close
 
   std::mutex placement_mu;
 
@@ -104,7 +109,11 @@ struct Store::Impl {
   Result<NvmeExtent> AllocateExtent(uint64_t payload_bytes);  // requires placement_mu
   void FreeRemoved(const std::vector<RemovedChunk>& removed);  // requires placement_mu
   void Demote(std::unique_lock<std::mutex>& placement, NamespaceState& ns, const ChunkKey& key);
-  Status WriteThrough(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t count, uint32_t* durable);
+  class WritePipe;
+  bool HandToNvme(WritePipe& pipe, NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t i,
+                  Status* st);  // requires placement_mu
+  uint32_t FinishWriteThrough(WritePipe& pipe, NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t count,
+                              Status* st);
   NvmeTier::WriteItem MakeWriteItem(NamespaceState& ns, const ChunkKey& key, const std::optional<ChunkKey>& parent,
                                     SlotId slot, const NvmeExtent& extent);
   Status Recover();
@@ -312,33 +321,98 @@ void Store::Impl::Demote(std::unique_lock<std::mutex>& placement, NamespaceState
   ns.index.Unpin(std::span<const ChunkKey>(&k, 1));
 }
 
-// Makes the first `count` chunks of keys (cached in host, pinned by the caller) durable on
-// NVMe. *durable: how many leading chunks are now on NVMe.
-Status Store::Impl::WriteThrough(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t count,
-                                 uint32_t* durable) {
-  std::vector<NvmeTier::WriteItem> items;
-  Status st;
-  {
-    std::unique_lock<std::mutex> l(placement_mu);
-    for (size_t i = 0; i < count; ++i) {
-      std::optional<TierMask> r = ns.index.Residency(keys[i]);
-      if (r && (*r & TierBit(TierId::kNvme))) continue;
-      std::optional<SlotId> slot = host->Find(keys[i]);
-      if (!slot) {
-        st = Status::Internal("write-through: chunk " + keys[i].ToHex() + " has no host slot");
-        break;
+// A save's write-through, pipelined: the save hands each chunk over as soon as it is
+// gathered, and a writer task on the io pool writes what has been handed over while the
+// save gathers the next chunks. Wait returns once every handed-over chunk is written (not
+// yet durable: the caller commits).
+// Thread-safety: Add and Wait are called by the save's worker; the writer runs on the io
+// pool; mu_ guards the hand-over. Items are reserved up front, so they never move while
+// the writer works on them.
+class Store::Impl::WritePipe {
+ public:
+  WritePipe(NvmeTier* nvme, TaskPool* pool, size_t capacity) : nvme_(nvme), pool_(pool) { items_.reserve(capacity); }
+  ~WritePipe() { (void)Wait(); }
+  WritePipe(const WritePipe&) = delete;
+  WritePipe& operator=(const WritePipe&) = delete;
+
+  bool full() const { return items_.size() == items_.capacity(); }
+
+  void Add(NvmeTier::WriteItem item) {
+    bool start = false;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      items_.push_back(std::move(item));
+      start = !writing_;
+      writing_ = true;
+    }
+    if (start) pool_->Submit([this] { Drain(); });
+  }
+
+  std::span<NvmeTier::WriteItem> Wait() {
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [this] { return !writing_; });
+    return std::span<NvmeTier::WriteItem>(items_.data(), items_.size());
+  }
+
+ private:
+  void Drain() {
+    for (;;) {
+      size_t from, to;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        if (taken_ == items_.size()) {
+          writing_ = false;
+          cv_.notify_all();
+          return;
+        }
+        from = taken_;
+        to = taken_ = items_.size();
       }
-      Result<NvmeExtent> e = AllocateExtent(ns.payload_bytes);
-      if (!e.ok()) {
-        st = e.status();
-        break;
-      }
-      std::optional<ChunkKey> parent;
-      if (i > 0) parent = keys[i - 1];
-      items.push_back(MakeWriteItem(ns, keys[i], parent, *slot, *e));
+      (void)nvme_->WriteData(std::span<NvmeTier::WriteItem>(items_.data() + from, to - from));
     }
   }
-  if (!items.empty()) (void)nvme->Write(items);
+
+  NvmeTier* const nvme_;
+  TaskPool* const pool_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<NvmeTier::WriteItem> items_;  // size guarded by mu_; [0, taken_) belong to the writer
+  size_t taken_ = 0;                        // guarded by mu_
+  bool writing_ = false;                    // guarded by mu_: a writer task is queued or running
+};
+
+// Hands chunk keys[i] (in host, pinned by the caller) to the pipe unless it is on NVMe
+// already. False, with *st set, when no extent can be had.
+bool Store::Impl::HandToNvme(WritePipe& pipe, NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t i,
+                             Status* st) {
+  std::optional<TierMask> r = ns.index.Residency(keys[i]);
+  if (r && (*r & TierBit(TierId::kNvme))) return true;
+  std::optional<SlotId> slot = host->Find(keys[i]);
+  if (!slot) {
+    *st = Status::Internal("write-through: chunk " + keys[i].ToHex() + " has no host slot");
+    return false;
+  }
+  if (pipe.full()) {
+    *st = Status::Internal("write-through: more chunks than the save holds");
+    return false;
+  }
+  Result<NvmeExtent> e = AllocateExtent(ns.payload_bytes);
+  if (!e.ok()) {
+    *st = e.status();
+    return false;
+  }
+  std::optional<ChunkKey> parent;
+  if (i > 0) parent = keys[i - 1];
+  pipe.Add(MakeWriteItem(ns, keys[i], parent, *slot, *e));
+  return true;
+}
+
+// Waits for the pipe's writes, makes them durable, and marks the chunks that made it as
+// on NVMe. Returns how many of the first `count` chunks of keys are on NVMe now.
+uint32_t Store::Impl::FinishWriteThrough(WritePipe& pipe, NamespaceState& ns, const std::vector<ChunkKey>& keys,
+                                         size_t count, Status* st) {
+  std::span<NvmeTier::WriteItem> items = pipe.Wait();
+  if (!items.empty()) (void)nvme->Commit(items);
   {
     std::lock_guard<std::mutex> l(placement_mu);
     for (NvmeTier::WriteItem& w : items) {
@@ -346,7 +420,7 @@ Status Store::Impl::WriteThrough(NamespaceState& ns, const std::vector<ChunkKey>
         Add(n.write_throughs, 1);
       } else if (!w.status.ok()) {
         nvme->Free(w.record.extent);
-        if (st.ok()) st = w.status;
+        if (st->ok()) *st = w.status;
       } else {
         nvme->Remove(w.record.key);
       }
@@ -357,8 +431,7 @@ Status Store::Impl::WriteThrough(NamespaceState& ns, const std::vector<ChunkKey>
     std::optional<TierMask> r = ns.index.Residency(keys[d]);
     if (!r || (*r & TierBit(TierId::kNvme)) == 0) break;
   }
-  *durable = d;
-  return st;
+  return d;
 }
 
 // Removes a chunk that failed a check, with its subtree, from the index and the host tier.
@@ -385,6 +458,16 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
   uint32_t done = static_cast<uint32_t>(matched);
   if (!write_through) t.set_chunks_done(done);
   Status st;
+  // Write-through: chunks go to NVMe while later ones are gathered (cached ones too, if
+  // NVMe does not hold them yet); the save is acknowledged once they are durable.
+  std::optional<WritePipe> pipe;
+  Status nvme_st;
+  bool nvme_ok = true;  // false once a chunk could not be handed over: later ones are not durable
+  if (write_through) {
+    pipe.emplace(nvme.get(), io_pool.get(), total);
+    std::lock_guard<std::mutex> l(placement_mu);
+    for (size_t i = 0; i < matched && nvme_ok; ++i) nvme_ok = HandToNvme(*pipe, ns, keys, i, &nvme_st);
+  }
   for (uint32_t i = done; i < total; ++i) {
     if (t.cancel_requested()) {
       st = Status::Cancelled("save cancelled after " + std::to_string(i) + " of " + std::to_string(total) + " chunks");
@@ -396,7 +479,6 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
       break;
     }
     uint8_t* addr = host->SlotAddress(*slot);
-    EncodeChunkHeader(MakeChunkHeader(ns.id, keys[i], ns.spec.shape), addr);
     const uint32_t ct = ns.spec.shape.chunk_tokens;
     if (ct <= kMaxPageTokens)  // the tokens travel with the chunk to lower tiers' metadata
       std::memcpy(addr + kChunkTokensOffset, tokens.data() + uint64_t{i} * ct, uint64_t{ct} * sizeof(int32_t));
@@ -407,6 +489,12 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
       st = g;
       break;
     }
+    ChunkHeader header = MakeChunkHeader(ns.id, keys[i], ns.spec.shape);
+    if (write_through) {  // sealed: NVMe writes the slot as it is, checksum included
+      header.payload_checksum = ChunkChecksum(addr + kChunkPayloadOffset, ns.payload_bytes);
+      header.flags |= kFlagChecksum;
+    }
+    EncodeChunkHeader(header, addr);
     {
       std::lock_guard<std::mutex> l(placement_mu);
       const bool fresh = host->Publish(keys[i], *slot).ok();
@@ -421,6 +509,7 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
       }
       ns.index.Pin(std::span<const ChunkKey>(&keys[i], 1));
       pinned.push_back(keys[i]);
+      if (write_through && nvme_ok) nvme_ok = HandToNvme(*pipe, ns, keys, i, &nvme_st);
       if (fresh) {
         Add(n.saved_chunks, 1);
         Add(n.bytes_saved, ns.payload_bytes);
@@ -431,12 +520,10 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
     if (!write_through) t.set_chunks_done(done + 1);
     ++done;
   }
-  if (write_through && done > 0) {
+  if (write_through) {
     // Acknowledged only once durable: chunks_done counts leading chunks on NVMe.
-    uint32_t durable = 0;
-    Status w = WriteThrough(ns, keys, done, &durable);
-    if (st.ok() && !w.ok()) st = w.WithContext("save: write-through: ");
-    done = durable;
+    done = FinishWriteThrough(*pipe, ns, keys, done, &nvme_st);
+    if (st.ok() && !nvme_st.ok()) st = nvme_st.WithContext("save: write-through: ");
   }
   ns.index.Unpin(pinned);
   Add(n.save_failed_chunks, total - done);
@@ -568,6 +655,7 @@ Result<std::unique_ptr<Store>> Store::Open(const StoreConfig& config) {
     Result<std::unique_ptr<NvmeTier>> nv = NvmeTier::Open(no, std::span<const iovec>(&region, 1));
     if (!nv.ok()) return nv.status();
     impl->nvme = std::move(*nv);
+    impl->io_pool = std::make_unique<TaskPool>(config.worker_threads);
     KVTIER_RETURN_IF_ERROR(impl->Recover());
   }
   for (uint32_t i = 0; i < config.worker_threads; ++i) impl->workers.emplace_back([p = impl.get()] { p->WorkerLoop(); });
@@ -590,6 +678,7 @@ Status Store::Close() {
   for (Job& j : pending) j(/*abort=*/true);
   for (std::thread& w : s.workers) w.join();
   s.workers.clear();
+  s.io_pool.reset();
   s.nvme.reset();
   s.host.reset();
   return Status::OK();

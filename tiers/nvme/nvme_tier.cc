@@ -358,60 +358,114 @@ void NvmeTier::ReturnQueue(std::unique_ptr<IoQueue> q) {
 }
 
 // Ops moving one chunk: its header page, then the payload in pieces of max_io_bytes.
-void NvmeTier::AddOps(const NvmeExtent& e, uint64_t page_bytes, const uint8_t* page, const uint8_t* payload,
-                      uint64_t payload_bytes, IoOp::Kind kind, std::vector<IoOp>* ops) const {
+// Ops for one extent: the header page, then the payload in pieces of at most max_io_bytes
+// so that one chunk fills the queue. When the payload follows the page in memory (a host
+// slot), page and payload are one range cut into such pieces.
+void NvmeTier::AddOps(const NvmeExtent& e, const uint8_t* page, const uint8_t* payload, IoOp::Kind kind,
+                      std::vector<IoOp>* ops) const {
   IoOp op;
   op.kind = kind;
   op.file = e.file;
-  op.offset = e.offset;
-  op.buf = const_cast<uint8_t*>(page);
-  op.len = page_bytes;
-  ops->push_back(op);
-  const uint64_t rounded = e.bytes - kChunkPayloadOffset;
-  (void)payload_bytes;
-  for (uint64_t done = 0; done < rounded; done += options_.max_io_bytes) {
-    op.offset = e.offset + kChunkPayloadOffset + done;
-    op.buf = const_cast<uint8_t*>(payload) + done;
-    op.len = std::min(options_.max_io_bytes, rounded - done);
+  uint64_t start = 0;  // offset in the extent where the pieces begin
+  const uint8_t* base = page;
+  if (payload != page + kChunkPayloadOffset) {
+    op.offset = e.offset;
+    op.buf = const_cast<uint8_t*>(page);
+    op.len = kChunkPayloadOffset;
+    ops->push_back(op);
+    start = kChunkPayloadOffset;
+    base = payload - kChunkPayloadOffset;
+  }
+  for (uint64_t done = start; done < e.bytes; done += options_.max_io_bytes) {
+    op.offset = e.offset + done;
+    op.buf = const_cast<uint8_t*>(base) + done;
+    op.len = std::min(options_.max_io_bytes, e.bytes - done);
     ops->push_back(op);
   }
 }
 
 Status NvmeTier::Write(std::span<WriteItem> items) {
+  (void)WriteData(items);
+  return Commit(items);
+}
+
+Status NvmeTier::WriteData(std::span<WriteItem> items) {
   if (items.empty()) return Status::OK();
-  // Headers with checksums go from pages of our own; payloads straight from the slots.
-  uint8_t* raw = static_cast<uint8_t*>(std::aligned_alloc(kDirectIoAlign, items.size() * kChunkPayloadOffset));
-  if (raw == nullptr) return Status::NoMemory("nvme tier: no memory for header pages");
+  // Unsealed headers are completed in pages of our own; payloads go straight from the slots.
+  size_t unsealed = 0;
+  std::vector<bool> sealed(items.size(), false);
+  std::vector<Result<ChunkHeader>> headers;
+  headers.reserve(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    WriteItem& w = items[i];
+    headers.push_back(DecodeChunkHeader(std::span<const uint8_t>(w.page, kChunkHeaderBytes)));
+    sealed[i] = headers.back().ok() && (headers.back()->flags & kFlagChecksum) != 0 &&
+                w.payload == w.page + kChunkPayloadOffset;
+    if (!sealed[i]) ++unsealed;
+  }
+  uint8_t* raw = nullptr;
+  if (unsealed > 0) {
+    raw = static_cast<uint8_t*>(std::aligned_alloc(kDirectIoAlign, unsealed * kChunkPayloadOffset));
+    if (raw == nullptr) {
+      for (WriteItem& w : items) w.status = Status::NoMemory("nvme tier: no memory for header pages");
+      return items[0].status;
+    }
+  }
   std::unique_ptr<uint8_t, AlignedFree> pages(raw);
   std::vector<IoOp> ops;
   std::vector<size_t> first_op(items.size() + 1);
-  for (size_t i = 0; i < items.size(); ++i) {
+  for (size_t i = 0, next_page = 0; i < items.size(); ++i) {
     WriteItem& w = items[i];
-    uint8_t* page = raw + i * kChunkPayloadOffset;
-    std::memcpy(page, w.page, kChunkPayloadOffset);
-    Result<ChunkHeader> h = DecodeChunkHeader(std::span<const uint8_t>(page, kChunkHeaderBytes));
     first_op[i] = ops.size();
+    Result<ChunkHeader>& h = headers[i];
     if (!h.ok()) {
       w.status = h.status().WithContext("nvme tier: write: ");
       continue;
     }
+    w.status = Status::OK();
+    if (sealed[i]) {
+      w.record.payload_checksum = h->payload_checksum;
+      AddOps(w.record.extent, w.page, w.payload, IoOp::Kind::kWrite, &ops);
+      continue;
+    }
+    uint8_t* page = raw + (next_page++) * kChunkPayloadOffset;
+    std::memcpy(page, w.page, kChunkPayloadOffset);
     w.record.payload_checksum = ChunkChecksum(w.payload, w.record.payload_bytes);
     h->payload_checksum = w.record.payload_checksum;
     h->flags |= kFlagChecksum;
     EncodeChunkHeader(*h, page);
-    w.status = Status::OK();
-    AddOps(w.record.extent, kChunkPayloadOffset, page, w.payload, w.record.payload_bytes, IoOp::Kind::kWrite, &ops);
+    AddOps(w.record.extent, page, w.payload, IoOp::Kind::kWrite, &ops);
   }
   first_op[items.size()] = ops.size();
   Result<std::unique_ptr<IoQueue>> q = TakeQueue();
-  if (!q.ok()) return q.status();
+  if (!q.ok()) {
+    for (WriteItem& w : items)
+      if (w.status.ok()) w.status = q.status();
+    return q.status();
+  }
   (void)(*q)->Run(ops);
   ReturnQueue(std::move(*q));
-  std::vector<bool> touched(files_.size(), false);
+  Status first;
   for (size_t i = 0; i < items.size(); ++i) {
     for (size_t o = first_op[i]; o < first_op[i + 1] && items[i].status.ok(); ++o)
       if (!ops[o].status.ok()) items[i].status = ops[o].status;
-    if (items[i].status.ok()) touched[items[i].record.extent.file] = true;
+    if (!items[i].status.ok() && first.ok()) first = items[i].status;
+  }
+  return first;
+}
+
+Status NvmeTier::Commit(std::span<WriteItem> items) {
+  if (items.empty()) return Status::OK();
+  std::vector<bool> touched(files_.size(), false);
+  bool any = false;
+  for (const WriteItem& w : items) {
+    if (!w.status.ok()) continue;
+    touched[w.record.extent.file] = true;
+    any = true;
+  }
+  if (!any) {  // nothing to make durable
+    write_errors_ += items.size();
+    return items[0].status;
   }
   // Durable data first. Group commit: a sync that starts after our writes completed
   // covers them, so concurrent writers share one fdatasync per file.
@@ -480,7 +534,7 @@ Status NvmeTier::Read(const ChunkKey& key, const ChunkIdentity& id, uint8_t* dst
     return Status::InvalidArgument("nvme tier: read of " + std::to_string(r.extent.bytes) + " bytes into a buffer of " +
                                    std::to_string(dst_bytes));
   std::vector<IoOp> ops;
-  AddOps(r.extent, kChunkPayloadOffset, dst, dst + kChunkPayloadOffset, r.payload_bytes, IoOp::Kind::kRead, &ops);
+  AddOps(r.extent, dst, dst + kChunkPayloadOffset, IoOp::Kind::kRead, &ops);
   Result<std::unique_ptr<IoQueue>> q = TakeQueue();
   if (!q.ok()) return q.status();
   Status io = (*q)->Run(ops);

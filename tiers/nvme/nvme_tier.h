@@ -112,14 +112,22 @@ class NvmeTier {
   void Free(const NvmeExtent& extent);
 
   struct WriteItem {
-    NvmeChunkRecord record;   // extent from Allocate; payload checksum filled by Write
-    const uint8_t* page;      // the chunk's 4 KiB header page (header without checksum, tokens)
+    NvmeChunkRecord record;   // extent from Allocate; payload checksum filled by WriteData
+    const uint8_t* page;      // the chunk's 4 KiB header page (header, then tokens)
     const uint8_t* payload;   // payload_bytes bytes
     Status status;            // out
   };
-  // Writes the items, makes them durable, then commits the records of those that made
-  // it. A failed item keeps its extent reserved: the caller frees it. Returns the first
-  // failure, OK when all succeeded.
+  // Writes the items' data: not durable yet, not visible to Read. A sealed item — its
+  // header already carries the payload checksum (kFlagChecksum) and the payload follows
+  // the page directly (payload == page + 4 KiB, as in a host slot) — goes to disk as one
+  // range, as it is. Otherwise the header is completed with the checksum in a page of
+  // our own. Each item's status says how its data went.
+  Status WriteData(std::span<WriteItem> items);
+  // Makes the data of the items whose status is OK durable, then commits their records
+  // in one synced batch; from then on Read finds them. Returns the first failure.
+  Status Commit(std::span<WriteItem> items);
+  // WriteData, then Commit. A failed item keeps its extent reserved: the caller frees it.
+  // Returns the first failure, OK when all succeeded.
   Status Write(std::span<WriteItem> items);
 
   // Reads `key` into dst (a slot: header page then payload, dst_bytes long) and verifies
@@ -138,8 +146,8 @@ class NvmeTier {
   class QueueLease;
   Result<std::unique_ptr<IoQueue>> TakeQueue();
   void ReturnQueue(std::unique_ptr<IoQueue> q);
-  void AddOps(const NvmeExtent& e, uint64_t page_bytes, const uint8_t* page, const uint8_t* payload,
-              uint64_t payload_bytes, IoOp::Kind kind, std::vector<IoOp>* ops) const;
+  void AddOps(const NvmeExtent& e, const uint8_t* page, const uint8_t* payload, IoOp::Kind kind,
+              std::vector<IoOp>* ops) const;
   bool DropLocked(const ChunkKey& key);
 
   // Constant after Open.
