@@ -123,7 +123,7 @@ int RunBenchTiersNvme(const std::vector<std::string>& argv) {
   auto workers = a->GetUint("workers", 0);
   auto depth = a->GetUint("depth", 0);
   auto qd = a->GetUint("queue-depth", 16);
-  auto fio_seconds = a->GetDouble("fio-seconds", 2);
+  auto fio_seconds = a->GetDouble("fio-seconds", 1);
   for (const Status* s : {&sizes.status(), &seconds.status(), &reps.status(), &host_mib.status(),
                           &nvme_mib.status(), &engine_mib.status(), &workers.status(), &depth.status(),
                           &qd.status(), &fio_seconds.status()})
@@ -186,7 +186,8 @@ int RunBenchTiersNvme(const std::vector<std::string>& argv) {
       if (!s.ok()) return Fail("tiers", s.status());
       if ((*store)->Stats().nvme_used_bytes > 2 * cfg.host_capacity_bytes) break;
     }
-    std::vector<double> rlim, wlim, sv, ld;
+    std::vector<double> rlim, wlim, sv, ld, fios;
+    std::string fio_error;
     for (uint64_t r = 0; r < *reps; ++r) {
       Result<RawIoResult> rl = RawUringThroughput(data, false, w.chunk_bytes, static_cast<uint32_t>(*qd), *seconds,
                                                   file_bytes);
@@ -202,13 +203,15 @@ int RunBenchTiersNvme(const std::vector<std::string>& argv) {
       wlim.push_back(wl->gbps);
       sv.push_back(*s);
       ld.push_back(*l);
+      // fio in every repetition, next to the load it is compared with: the disk drifts.
+      if (use_fio && fio_error.empty()) {
+        Result<double> f = FioRandReadGbps(data, w.chunk_bytes, static_cast<uint32_t>(*qd), *fio_seconds);
+        if (f.ok()) fios.push_back(*f);
+        else fio_error = f.status().ToString();
+      }
     }
-    double fio = 0;
-    if (use_fio) {
-      Result<double> f = FioRandReadGbps(data, w.chunk_bytes, static_cast<uint32_t>(*qd), *fio_seconds);
-      if (f.ok()) fio = *f;
-      else if (!json) std::printf("fio: %s\n", f.status().ToString().c_str());
-    }
+    const double fio = fios.empty() ? 0 : Median(fios);
+    if (!fio_error.empty() && !json) std::printf("fio: %s\n", fio_error.c_str());
     for (int op = 0; op < 2; ++op) {
       const double g = Median(op == 0 ? sv : ld), lim = Median(op == 0 ? wlim : rlim);
       Report rep(json);

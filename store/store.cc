@@ -12,6 +12,7 @@
 #include "kvtier/store.h"
 
 #include <algorithm>
+#include <array>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -20,7 +21,10 @@
 #include <optional>
 #include <shared_mutex>
 #include <thread>
+#include <tuple>
+#include <map>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "index/chunk_key.h"
 #include "index/radix_index.h"
@@ -30,6 +34,7 @@
 #include "tiers/chunk_format.h"
 #include "tiers/host/host_tier.h"
 #include "tiers/nvme/nvme_tier.h"
+#include "tiers/redis/redis_tier.h"
 
 namespace kvtier {
 namespace {
@@ -42,6 +47,7 @@ struct NamespaceState {
   const NamespaceId id;
   const uint64_t payload_bytes;
   RadixIndex index;
+  std::atomic<double> prefill_tps{0};  // the engine's prefill tokens per second; 0: unknown
 };
 
 struct Registration {
@@ -59,9 +65,77 @@ struct Counters {
   std::atomic<uint64_t> loads{0}, loaded_chunks{0}, load_failed_chunks{0};
   std::atomic<uint64_t> bytes_saved{0}, bytes_loaded{0}, evictions{0}, corrupt_chunks{0};
   std::atomic<uint64_t> demotions{0}, write_throughs{0}, promotions{0}, recovered_chunks{0};
+  std::atomic<uint64_t> redis_saved{0}, redis_dropped{0}, redis_loaded{0}, redis_probe_hits{0}, redis_misses{0};
+  std::atomic<uint64_t> admission_rejected{0}, prefetches{0}, prefetch_skipped{0}, prefetched_chunks{0},
+      planner_skipped{0};
 };
 
 void Add(std::atomic<uint64_t>& c, uint64_t v) { c.fetch_add(v, std::memory_order_relaxed); }
+
+double SecondsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// The planner's per-tier bandwidth estimates (bytes per second of one request's copies):
+// configured values until the first measurement, then a moving average of measured
+// seconds per byte — averaging time, not speed, so that a tier turning slow shows at once.
+// Thread-safety: mu_ guards everything.
+class TierRates {
+ public:
+  void Init(const PlannerConfig& c) {
+    std::lock_guard<std::mutex> l(mu_);
+    spb_[static_cast<int>(TierId::kGpu)] = 1 / (c.host_gbps * 1e9);
+    spb_[static_cast<int>(TierId::kHost)] = 1 / (c.host_gbps * 1e9);
+    spb_[static_cast<int>(TierId::kNvme)] = 1 / (c.nvme_gbps * 1e9);
+    spb_[static_cast<int>(TierId::kRedis)] = 1 / (c.redis_gbps * 1e9);
+  }
+  void Observe(TierId t, uint64_t bytes, double seconds) {
+    if (seconds <= 0 || bytes == 0) return;
+    const double v = seconds / static_cast<double>(bytes);
+    std::lock_guard<std::mutex> l(mu_);
+    const int i = static_cast<int>(t);
+    spb_[i] = measured_[i] ? 0.8 * spb_[i] + 0.2 * v : v;
+    measured_[i] = true;
+  }
+  double BytesPerSecond(TierId t) const {
+    std::lock_guard<std::mutex> l(mu_);
+    return 1 / spb_[static_cast<int>(t)];
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::array<double, kTierCount> spb_{};  // seconds per byte
+  std::array<bool, kTierCount> measured_{};
+};
+
+// How often each chunk key was asked for (lookups), approximately: a fixed table of
+// (fingerprint, count) slots where a newcomer takes over its slot. Counts saturate at 3.
+// Thread-safety: mu_ guards the table.
+class SeenSet {
+ public:
+  explicit SeenSet(size_t slots) : table_(slots) {}
+  void Ask(std::span<const ChunkKey> keys) {
+    std::lock_guard<std::mutex> l(mu_);
+    for (const ChunkKey& k : keys) {
+      Slot& s = table_[k.lo % table_.size()];
+      if (s.fp != k.hi) s = Slot{k.hi, 0};
+      if (s.count < 3) ++s.count;
+    }
+  }
+  uint32_t Asks(const ChunkKey& k) const {
+    std::lock_guard<std::mutex> l(mu_);
+    const Slot& s = table_[k.lo % table_.size()];
+    return s.fp == k.hi ? s.count : 0;
+  }
+
+ private:
+  struct Slot {
+    uint64_t fp = 0;
+    uint8_t count = 0;
+  };
+  mutable std::mutex mu_;
+  std::vector<Slot> table_;
+};
 
 }  // namespace
 
@@ -77,6 +151,7 @@ struct Store::Impl {
   std::unique_ptr<HostTier> host;           // reset by Close under close_mu (exclusive)
   std::unique_ptr<NvmeTier> nvme;           // null when the NVMe tier is off; reset by Close
   std::unique_ptr<TaskPool> io_pool;        // write-through writers; with nvme; reset by Close
+  std::unique_ptr<RedisTier> redis;         // null when the Redis tier is off; reset by Close
 
   std::mutex placement_mu;
 
@@ -92,6 +167,22 @@ struct Store::Impl {
   std::vector<std::thread> workers;
 
   Counters n;
+
+  std::mutex inflight_mu;
+  std::condition_variable inflight_cv;                          // a claim was released
+  std::unordered_set<ChunkKey, ChunkKeyHash> inflight;          // guarded by inflight_mu
+
+  std::mutex prefetch_mu;
+  std::unordered_map<uint64_t, std::shared_ptr<TicketState>> prefetches;  // running; guarded by prefetch_mu
+  uint64_t next_prefetch = 1;                                             // guarded by prefetch_mu
+
+  TierRates rates;  // the planner's bandwidth estimates; thread-safe
+  std::array<std::atomic<uint64_t>, kTierCount> queued_bytes{};  // loads submitted, not yet done
+
+  mutable std::mutex sticky_mu;
+  // PinPrefix pins: (namespace, key) -> calls; guarded by sticky_mu.
+  std::map<std::tuple<NamespaceState*, uint64_t, uint64_t>, uint32_t> sticky;
+  std::unique_ptr<SeenSet> seen;  // asks per chunk, for second-hit admission; null when off
 
   // ---- helpers
   void WorkerLoop();
@@ -111,17 +202,45 @@ struct Store::Impl {
   void Demote(std::unique_lock<std::mutex>& placement, NamespaceState& ns, const ChunkKey& key);
   class WritePipe;
   bool HandToNvme(WritePipe& pipe, NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t i,
-                  Status* st);  // requires placement_mu
+                  std::vector<bool>* kept_in_host, Status* st);  // requires placement_mu
   uint32_t FinishWriteThrough(WritePipe& pipe, NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t count,
-                              Status* st);
+                              const std::vector<bool>& kept_in_host, Status* st);
   NvmeTier::WriteItem MakeWriteItem(NamespaceState& ns, const ChunkKey& key, const std::optional<ChunkKey>& parent,
                                     SlotId slot, const NvmeExtent& extent);
+  // Second-hit admission: may `key` go down to `tier`?
+  bool Admits(TierId tier, const ChunkKey& key) {
+    const bool second_hit = tier == TierId::kNvme ? config.admission.nvme_second_hit : config.admission.redis_second_hit;
+    if (!second_hit || !seen || seen->Asks(key) >= 2) return true;
+    Add(n.admission_rejected, 1);
+    return false;
+  }
+  void SaveToRedis(NamespaceState& ns, std::span<const ChunkKey> keys);
+  void DemoteToRedis(std::unique_lock<std::mutex>& placement, NamespaceState& ns, const ChunkKey& key);
+  size_t FetchFromRedis(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t from, size_t to,
+                        std::vector<SlotId>* slots, Status* st, std::optional<ChunkKey>* gone);
+  void ForgetRedisCopy(NamespaceState& ns, const ChunkKey& key);
+  size_t ProbeRedis(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t from);
   Status Recover();
   void DropChunk(NamespaceState& ns, const ChunkKey& key);
   void RunSave(Registration& r, const std::vector<ChunkKey>& keys, const std::vector<int32_t>& blocks,
                const std::vector<int32_t>& tokens, TicketState& t);
   void RunLoad(Registration& r, const std::vector<ChunkKey>& keys, size_t matched, const std::vector<int32_t>& blocks,
                TicketState& t);
+  void RunPrefetch(Registration& r, const std::vector<ChunkKey>& keys, size_t matched,
+                   std::chrono::steady_clock::time_point deadline, TicketState& t);
+  struct BringUpResult {
+    Status status;                                         // why it stopped early
+    std::optional<ChunkKey> corrupt, lost_on_nvme, lost_on_redis;  // to settle once unpinned
+    uint64_t promoted = 0;                                 // chunks it read into host
+  };
+  std::vector<SlotId> BringUp(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t matched,
+                              const std::function<bool()>& stop, BringUpResult* out);
+  void SettleBringUp(NamespaceState& ns, const BringUpResult& b);
+  // In-flight promotions: a chunk being read into host is claimed; others wait for it.
+  bool Claim(const ChunkKey& key);
+  void Release(std::span<const ChunkKey> keys);
+  void WaitInflight(const ChunkKey& key);
+  void PlanLookup(NamespaceState& ns, const std::vector<TierMask>& residency, LookupResult* out);
 };
 
 // ---- worker pool ------------------------------------------------------------------------
@@ -208,6 +327,9 @@ std::vector<std::pair<std::shared_ptr<NamespaceState>, LeafCandidate>> Store::Im
   return out;
 }
 
+// Redis-only chunks a load fetches in one pipelined round trip.
+constexpr size_t kRedisBatchChunks = 16;
+
 // How many eviction candidates to look at per namespace before giving up: a candidate is
 // passed over when it, or a chunk below it that would go with it, is pinned.
 constexpr size_t kEvictionCandidates = 16;
@@ -225,6 +347,10 @@ Result<SlotId> Store::Impl::AllocateSlot(uint64_t payload_bytes) {
       if (nvme && config.nvme.policy != WritePolicy::kNone) {
         std::optional<TierMask> r = ns->index.Residency(victim.key);
         if (r && (*r & TierBit(TierId::kNvme)) == 0) Demote(l, *ns, victim.key);
+      }
+      if (redis && config.redis.policy == WritePolicy::kWriteBack) {
+        std::optional<TierMask> r = ns->index.Residency(victim.key);
+        if (r && (*r & TierBit(TierId::kRedis)) == 0) DemoteToRedis(l, *ns, victim.key);
       }
       removed.clear();
       // A pinned chunk may be being read from its slot: never free that slot.
@@ -296,7 +422,7 @@ NvmeTier::WriteItem Store::Impl::MakeWriteItem(NamespaceState& ns, const ChunkKe
 void Store::Impl::Demote(std::unique_lock<std::mutex>& placement, NamespaceState& ns, const ChunkKey& key) {
   std::optional<SlotId> slot = host->Find(key);
   std::optional<ChunkKey> parent;
-  if (!slot || !ns.index.Parent(key, &parent)) return;
+  if (!slot || !ns.index.Parent(key, &parent) || !Admits(TierId::kNvme, key)) return;
   // Pinned before making room on NVMe: that eviction must not take this chunk (it would
   // go with an evicted parent) while we read its slot.
   const ChunkKey k = key;
@@ -384,9 +510,13 @@ class Store::Impl::WritePipe {
 // Hands chunk keys[i] (in host, pinned by the caller) to the pipe unless it is on NVMe
 // already. False, with *st set, when no extent can be had.
 bool Store::Impl::HandToNvme(WritePipe& pipe, NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t i,
-                             Status* st) {
+                             std::vector<bool>* kept_in_host, Status* st) {
   std::optional<TierMask> r = ns.index.Residency(keys[i]);
   if (r && (*r & TierBit(TierId::kNvme))) return true;
+  if (!Admits(TierId::kNvme, keys[i])) {
+    (*kept_in_host)[i] = true;
+    return true;
+  }
   std::optional<SlotId> slot = host->Find(keys[i]);
   if (!slot) {
     *st = Status::Internal("write-through: chunk " + keys[i].ToHex() + " has no host slot");
@@ -408,9 +538,10 @@ bool Store::Impl::HandToNvme(WritePipe& pipe, NamespaceState& ns, const std::vec
 }
 
 // Waits for the pipe's writes, makes them durable, and marks the chunks that made it as
-// on NVMe. Returns how many of the first `count` chunks of keys are on NVMe now.
+// on NVMe. Returns how many of the first `count` chunks of keys are where the policy wants
+// them now: on NVMe, or in host when admission kept them out of NVMe.
 uint32_t Store::Impl::FinishWriteThrough(WritePipe& pipe, NamespaceState& ns, const std::vector<ChunkKey>& keys,
-                                         size_t count, Status* st) {
+                                         size_t count, const std::vector<bool>& kept_in_host, Status* st) {
   std::span<NvmeTier::WriteItem> items = pipe.Wait();
   if (!items.empty()) (void)nvme->Commit(items);
   {
@@ -428,10 +559,191 @@ uint32_t Store::Impl::FinishWriteThrough(WritePipe& pipe, NamespaceState& ns, co
   }
   uint32_t d = 0;
   for (; d < count; ++d) {
+    if (kept_in_host[d]) continue;  // not admitted to NVMe: stored in host as the policy wants
     std::optional<TierMask> r = ns.index.Residency(keys[d]);
     if (!r || (*r & TierBit(TierId::kNvme)) == 0) break;
   }
   return d;
+}
+
+// ---- in-flight promotions ---------------------------------------------------------------
+
+bool Store::Impl::Claim(const ChunkKey& key) {
+  std::lock_guard<std::mutex> l(inflight_mu);
+  return inflight.insert(key).second;
+}
+
+void Store::Impl::Release(std::span<const ChunkKey> keys) {
+  if (keys.empty()) return;
+  {
+    std::lock_guard<std::mutex> l(inflight_mu);
+    for (const ChunkKey& k : keys) inflight.erase(k);
+  }
+  inflight_cv.notify_all();
+}
+
+// Returns once nobody is bringing key up (at once if nobody was). The one who is holds no
+// other wait, and its read is bounded (an I/O, or a Redis call with a deadline).
+void Store::Impl::WaitInflight(const ChunkKey& key) {
+  std::unique_lock<std::mutex> l(inflight_mu);
+  inflight_cv.wait(l, [&] { return inflight.count(key) == 0; });
+}
+
+// ---- planner -----------------------------------------------------------------------------
+
+// Cuts the matched prefix where loading stops paying: chunk i costs its bytes over its
+// tier's bandwidth (plus, once per tier, the bytes already queued there), and saves
+// chunk_tokens over the prefill rate. Keeps the prefix length with the largest saving.
+void Store::Impl::PlanLookup(NamespaceState& ns, const std::vector<TierMask>& residency, LookupResult* out) {
+  const double tps = ns.prefill_tps.load(std::memory_order_relaxed);
+  if (!config.planner.enabled || tps <= 0 || out->matched_chunks == 0) return;
+  const double per_chunk_recompute = ns.spec.shape.chunk_tokens / tps;
+  std::array<bool, kTierCount> queued{};
+  double load = 0, best_saving = 0, best_load = 0;
+  uint32_t best = 0;
+  for (uint32_t i = 0; i < out->matched_chunks; ++i) {
+    const TierId t = out->chunk_tiers[i];
+    const double bps = std::max(rates.BytesPerSecond(t), 1.0);
+    if (!queued[static_cast<int>(t)]) {
+      queued[static_cast<int>(t)] = true;
+      load += static_cast<double>(queued_bytes[static_cast<int>(t)].load(std::memory_order_relaxed)) / bps;
+    }
+    load += static_cast<double>(ns.payload_bytes) / bps;
+    const double saving = (i + 1) * per_chunk_recompute - load;
+    if (saving > best_saving) {
+      best_saving = saving;
+      best = i + 1;
+      best_load = load;
+    }
+  }
+  (void)residency;
+  Add(n.planner_skipped, out->matched_chunks - best);
+  out->matched_chunks = best;
+  out->chunk_tiers.resize(best);
+  out->matched_tokens = uint64_t{best} * ns.spec.shape.chunk_tokens;
+  out->expected_load_seconds = best_load;
+  out->expected_recompute_seconds = best * per_chunk_recompute;
+  out->expected_saving_seconds = best_saving;
+}
+
+// ---- Redis tier ------------------------------------------------------------------------------
+// Redis is best effort everywhere: a chunk that cannot be written is dropped (counted), one
+// that cannot be read is a miss. Its residency bit in the index means "was put there":
+// Redis may have evicted or expired it since, which a load finds out (a miss, and the bit
+// is cleared).
+
+RedisDeadline RedisDeadlineIn(uint32_t ms) { return RedisClock::now() + std::chrono::milliseconds(ms); }
+
+// Writes chunks cached in host (pinned by the caller) to Redis, unless they are there.
+void Store::Impl::SaveToRedis(NamespaceState& ns, std::span<const ChunkKey> keys) {
+  std::vector<RedisPutItem> items;
+  items.reserve(keys.size());
+  for (const ChunkKey& k : keys) {
+    std::optional<TierMask> r = ns.index.Residency(k);
+    if (!r || (*r & TierBit(TierId::kRedis)) || !Admits(TierId::kRedis, k)) continue;
+    std::optional<SlotId> slot = host->Find(k);
+    if (!slot) continue;
+    const uint8_t* page = host->SlotAddress(*slot);
+    RedisPutItem it;
+    it.ns = ns.id;
+    it.key = k;
+    it.header = std::span<const uint8_t>(page, kChunkHeaderBytes);
+    it.payload = std::span<const uint8_t>(page + kChunkPayloadOffset, ns.payload_bytes);
+    items.push_back(it);
+  }
+  if (items.empty()) return;
+  (void)redis->Put(items, RedisDeadlineIn(config.redis.op_timeout_ms));
+  for (const RedisPutItem& it : items) {
+    if (it.result == RedisItemResult::kOk && ns.index.SetResident(it.key, TierId::kRedis).ok()) {
+      Add(n.redis_saved, 1);
+    } else {
+      Add(n.redis_dropped, 1);
+    }
+  }
+}
+
+// Like Demote, to Redis: placement held on entry and exit, released for the I/O.
+void Store::Impl::DemoteToRedis(std::unique_lock<std::mutex>& placement, NamespaceState& ns, const ChunkKey& key) {
+  if (!host->Find(key)) return;
+  const ChunkKey k = key;
+  ns.index.Pin(std::span<const ChunkKey>(&k, 1));
+  placement.unlock();
+  SaveToRedis(ns, std::span<const ChunkKey>(&k, 1));
+  placement.lock();
+  ns.index.Unpin(std::span<const ChunkKey>(&k, 1));
+}
+
+// Reads keys[from, to) (indexed in Redis, pinned by the caller) into fresh host slots, in
+// one pipelined batch. Returns how many leading chunks arrived intact; their slots are in
+// *slots (not published), the rest are freed. *st says why the run stopped early, and
+// *gone names the chunk Redis no longer holds intact, if that was why.
+size_t Store::Impl::FetchFromRedis(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t from, size_t to,
+                                   std::vector<SlotId>* slots, Status* st, std::optional<ChunkKey>* gone) {
+  slots->clear();
+  for (size_t i = from; i < to; ++i) {
+    Result<SlotId> s = AllocateSlot(ns.payload_bytes);
+    if (!s.ok()) {
+      if (i == from) *st = s.status().WithContext("load: ");
+      break;
+    }
+    slots->push_back(*s);
+  }
+  std::vector<RedisGetItem> items(slots->size());
+  for (size_t j = 0; j < items.size(); ++j) {
+    uint8_t* page = host->SlotAddress((*slots)[j]);
+    EncodeChunkHeader(MakeChunkHeader(ns.id, keys[from + j], ns.spec.shape), page);
+    items[j].id = ChunkIdentity{ns.id, keys[from + j], ns.spec.shape};
+    items[j].dst = std::span<uint8_t>(page + kChunkPayloadOffset, ns.payload_bytes);
+  }
+  if (!items.empty()) redis->Get(items, RedisDeadlineIn(config.redis.op_timeout_ms));
+  size_t ok = 0;
+  while (ok < items.size() && items[ok].result == RedisItemResult::kOk) ++ok;
+  if (ok < items.size()) {
+    const RedisGetItem& bad = items[ok];
+    Add(n.redis_misses, 1);
+    if (bad.result == RedisItemResult::kCorruption) Add(n.corrupt_chunks, 1);
+    if (bad.result == RedisItemResult::kNotFound || bad.result == RedisItemResult::kCorruption)
+      *gone = keys[from + ok];
+    *st = (bad.status.ok() ? Status::IOError(std::string("redis: ") + RedisItemResultName(bad.result))
+                           : bad.status)
+              .WithContext("load: chunk " + std::to_string(from + ok) + " from redis: ");
+    for (size_t j = ok; j < slots->size(); ++j) host->Free((*slots)[j]);
+    slots->resize(ok);
+  }
+  Add(n.redis_loaded, ok);
+  return ok;
+}
+
+// Redis no longer has key (expired, evicted, corrupt): so the index must not say it does.
+void Store::Impl::ForgetRedisCopy(NamespaceState& ns, const ChunkKey& key) {
+  std::lock_guard<std::mutex> l(placement_mu);
+  std::vector<RemovedChunk> removed;
+  if (ns.index.ClearResident(key, TierId::kRedis, &removed, /*if_unpinned=*/false).ok()) FreeRemoved(removed);
+}
+
+// A lookup that missed locally from keys[from] on: asks Redis (one pipelined round trip,
+// short deadline) which of the following chunks it holds, and indexes the leading run it
+// does. Returns that run's length.
+size_t Store::Impl::ProbeRedis(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t from) {
+  std::vector<RedisExistsItem> items(keys.size() - from);
+  for (size_t i = from; i < keys.size(); ++i) {
+    items[i - from].ns = ns.id;
+    items[i - from].key = keys[i];
+  }
+  redis->Exists(items, RedisDeadlineIn(config.redis.lookup_timeout_ms));
+  size_t run = 0;
+  while (run < items.size() && items[run].exists) ++run;
+  if (run == 0) return 0;
+  std::lock_guard<std::mutex> l(placement_mu);
+  size_t indexed = 0;
+  for (; indexed < run; ++indexed) {
+    const size_t i = from + indexed;
+    std::optional<ChunkKey> parent;
+    if (i > 0) parent = keys[i - 1];
+    if (!ns.index.Insert(parent, keys[i], TierId::kRedis).ok()) break;  // the parent went meanwhile
+  }
+  Add(n.redis_probe_hits, indexed);
+  return indexed;
 }
 
 // Removes a chunk that failed a check, with its subtree, from the index and the host tier.
@@ -447,6 +759,16 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
   NamespaceState& ns = *r.ns;
   const uint32_t total = static_cast<uint32_t>(keys.size());
   const uint32_t bpc = r.mover.blocks_per_chunk();
+  const uint64_t tokens_saved = uint64_t{total} * ns.spec.shape.chunk_tokens;
+  if (tokens_saved < config.admission.min_tokens) {
+    Add(n.admission_rejected, total);
+    Add(n.save_failed_chunks, total);
+    t.Finish(Status::Cancelled("save not admitted: " + std::to_string(tokens_saved) +
+                               " tokens in whole chunks, fewer than admission.min_tokens " +
+                               std::to_string(config.admission.min_tokens)),
+             0);
+    return;
+  }
   // Pin the cached prefix so that the chunks we attach below keep their parents.
   MatchOptions mo;
   mo.tiers = TierBit(TierId::kHost);
@@ -461,12 +783,13 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
   // Write-through: chunks go to NVMe while later ones are gathered (cached ones too, if
   // NVMe does not hold them yet); the save is acknowledged once they are durable.
   std::optional<WritePipe> pipe;
+  std::vector<bool> kept_in_host(total, false);
   Status nvme_st;
   bool nvme_ok = true;  // false once a chunk could not be handed over: later ones are not durable
   if (write_through) {
     pipe.emplace(nvme.get(), io_pool.get(), total);
     std::lock_guard<std::mutex> l(placement_mu);
-    for (size_t i = 0; i < matched && nvme_ok; ++i) nvme_ok = HandToNvme(*pipe, ns, keys, i, &nvme_st);
+    for (size_t i = 0; i < matched && nvme_ok; ++i) nvme_ok = HandToNvme(*pipe, ns, keys, i, &kept_in_host, &nvme_st);
   }
   for (uint32_t i = done; i < total; ++i) {
     if (t.cancel_requested()) {
@@ -509,7 +832,7 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
       }
       ns.index.Pin(std::span<const ChunkKey>(&keys[i], 1));
       pinned.push_back(keys[i]);
-      if (write_through && nvme_ok) nvme_ok = HandToNvme(*pipe, ns, keys, i, &nvme_st);
+      if (write_through && nvme_ok) nvme_ok = HandToNvme(*pipe, ns, keys, i, &kept_in_host, &nvme_st);
       if (fresh) {
         Add(n.saved_chunks, 1);
         Add(n.bytes_saved, ns.payload_bytes);
@@ -520,107 +843,218 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
     if (!write_through) t.set_chunks_done(done + 1);
     ++done;
   }
+  const uint32_t in_host = done;
   if (write_through) {
     // Acknowledged only once durable: chunks_done counts leading chunks on NVMe.
-    done = FinishWriteThrough(*pipe, ns, keys, done, &nvme_st);
+    done = FinishWriteThrough(*pipe, ns, keys, done, kept_in_host, &nvme_st);
     if (st.ok() && !nvme_st.ok()) st = nvme_st.WithContext("save: write-through: ");
   }
+  // Redis is best effort: what it does not take is counted, the save does not fail.
+  if (redis && config.redis.policy == WritePolicy::kWriteThrough && in_host > 0)
+    SaveToRedis(ns, std::span<const ChunkKey>(keys.data(), in_host));
   ns.index.Unpin(pinned);
   Add(n.save_failed_chunks, total - done);
   t.Finish(std::move(st), done);
 }
 
+// Brings keys[0, matched) (pinned by the caller) into host slots, in order: chunks in host
+// already are used where they are; a chunk that another load or prefetch is bringing up
+// is waited for; the others are read from NVMe, or from Redis in pipelined batches, into
+// fresh slots, verified, and published in host (promotion). Every slot's header is
+// checked against the chunk it should hold. Stops at the first chunk that cannot be had,
+// or when stop() says so; returns the slots of the leading chunks it got.
+std::vector<SlotId> Store::Impl::BringUp(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t matched,
+                                         const std::function<bool()>& stop, BringUpResult* out) {
+  const ChunkIdentity identity{ns.id, {}, ns.spec.shape};
+  std::vector<SlotId> slots;
+  slots.reserve(matched);
+  // Chunks [batch_begin, batch_end) were fetched from Redis in one batch into batch_slots,
+  // claimed in `inflight` until published.
+  std::vector<SlotId> batch_slots;
+  size_t batch_begin = 0, batch_end = 0;
+  size_t i = 0;
+  for (; i < matched; ++i) {
+    if (i >= batch_end && stop()) {
+      out->status = Status::Cancelled("cancelled after " + std::to_string(i) + " of " + std::to_string(keys.size()) +
+                                      " chunks");
+      break;
+    }
+    std::optional<SlotId> slot;
+    TierId from = TierId::kHost;
+    if (i < batch_end) {
+      slot = batch_slots[i - batch_begin];
+      from = TierId::kRedis;
+    } else {
+      // In host, or being brought up by another load or prefetch (wait for it), or ours
+      // to read once claimed.
+      slot = host->Find(keys[i]);
+      while (!slot) {
+        if (Claim(keys[i])) {
+          slot = host->Find(keys[i]);  // it may have arrived between Find and Claim
+          if (slot) Release(std::span<const ChunkKey>(&keys[i], 1));
+          break;
+        }
+        WaitInflight(keys[i]);
+        slot = host->Find(keys[i]);
+      }
+    }
+    if (!slot) {  // ours to read, claimed
+      std::optional<TierMask> res = ns.index.Residency(keys[i]);
+      const bool on_nvme = nvme && res && (*res & TierBit(TierId::kNvme));
+      const bool on_redis = redis && res && (*res & TierBit(TierId::kRedis));
+      if (!on_nvme && on_redis) {
+        // In Redis only: this chunk and the Redis-only ones after it, in one round trip.
+        size_t to = i + 1;
+        for (; to < matched && to - i < kRedisBatchChunks && !host->Find(keys[to]); ++to) {
+          std::optional<TierMask> rt = ns.index.Residency(keys[to]);
+          if (!rt || (nvme && (*rt & TierBit(TierId::kNvme))) || !(*rt & TierBit(TierId::kRedis))) break;
+          if (!Claim(keys[to])) break;
+        }
+        const auto t0 = std::chrono::steady_clock::now();
+        const size_t got = FetchFromRedis(ns, keys, i, to, &batch_slots, &out->status, &out->lost_on_redis);
+        if (got > 0) rates.Observe(TierId::kRedis, got * ns.payload_bytes, SecondsSince(t0));
+        Release(std::span<const ChunkKey>(keys.data() + i + got, to - i - got));
+        batch_begin = i;
+        batch_end = i + got;
+        if (got == 0) break;
+        slot = batch_slots[0];
+        from = TierId::kRedis;
+      } else if (on_nvme) {
+        Result<SlotId> fresh = AllocateSlot(ns.payload_bytes);
+        if (!fresh.ok()) {
+          Release(std::span<const ChunkKey>(&keys[i], 1));
+          out->status = fresh.status();
+          break;
+        }
+        ChunkIdentity want = identity;
+        want.key = keys[i];
+        const auto t0 = std::chrono::steady_clock::now();
+        Status rs = nvme->Read(keys[i], want, host->SlotAddress(*fresh), fresh->bytes);
+        if (!rs.ok()) {
+          host->Free(*fresh);
+          Release(std::span<const ChunkKey>(&keys[i], 1));
+          if (rs.IsCorruption()) Add(n.corrupt_chunks, 1);
+          if (rs.IsCorruption() || rs.IsNotFound()) out->lost_on_nvme = keys[i];
+          out->status = rs.WithContext("chunk " + std::to_string(i) + ": ");
+          break;
+        }
+        rates.Observe(TierId::kNvme, ns.payload_bytes, SecondsSince(t0));
+        slot = *fresh;
+        from = TierId::kNvme;
+      } else {
+        Release(std::span<const ChunkKey>(&keys[i], 1));
+        out->status = Status::Internal("chunk " + keys[i].ToHex() + " is indexed but no tier holds it");
+        break;
+      }
+    }
+    // The header is checked on every read: a slot that does not hold this chunk is never served.
+    const uint8_t* addr = host->SlotAddress(*slot);
+    Result<ChunkHeader> h = DecodeChunkHeader(std::span<const uint8_t>(addr, kChunkHeaderBytes));
+    ChunkIdentity want = identity;
+    want.key = keys[i];
+    Status hs = h.ok() ? CheckChunkIdentity(*h, want) : h.status();
+    if (from != TierId::kHost) {  // promotion: publish in host, then let waiters go
+      std::lock_guard<std::mutex> l(placement_mu);
+      if (hs.ok() && host->Publish(keys[i], *slot).ok() && ns.index.SetResident(keys[i], TierId::kHost).ok()) {
+        Add(n.promotions, 1);
+        ++out->promoted;
+      } else if (!host->Find(keys[i]) || host->Find(keys[i])->offset != slot->offset) {
+        host->Free(*slot);  // not published
+        if (hs.ok()) slot = host->Find(keys[i]);  // published by another path meanwhile
+      } else {
+        host->Remove(keys[i]);  // published but the index refused it
+        slot.reset();
+      }
+      Release(std::span<const ChunkKey>(&keys[i], 1));
+    }
+    if (!hs.ok()) {
+      Add(n.corrupt_chunks, 1);
+      if (from == TierId::kHost) out->corrupt = keys[i];
+      if (from == TierId::kNvme) out->lost_on_nvme = keys[i];
+      out->status = hs.WithContext("host slot of chunk " + std::to_string(i) + ": ");
+      break;
+    }
+    if (!slot) {
+      out->status = Status::Internal("chunk " + keys[i].ToHex() + " could not be published in host");
+      break;
+    }
+    slots.push_back(*slot);
+  }
+  // Fetched from Redis but never reached (the run stopped at chunk i inside the batch):
+  // not published, so freed, and their claims let go.
+  for (size_t j = std::max(i + 1, batch_begin); j < batch_end; ++j) {
+    host->Free(batch_slots[j - batch_begin]);
+    Release(std::span<const ChunkKey>(&keys[j], 1));
+  }
+  return slots;
+}
+
+// After the pins of a bring-up are gone: forget what turned out not to be there.
+void Store::Impl::SettleBringUp(NamespaceState& ns, const BringUpResult& b) {
+  if (b.lost_on_redis) ForgetRedisCopy(ns, *b.lost_on_redis);
+  if (b.corrupt) DropChunk(ns, *b.corrupt);
+  if (b.lost_on_nvme) {  // its record is gone (dropped as corrupt, or missing): so is its NVMe residency
+    std::lock_guard<std::mutex> l(placement_mu);
+    std::vector<RemovedChunk> removed;
+    if (ns.index.ClearResident(*b.lost_on_nvme, TierId::kNvme, &removed).ok()) FreeRemoved(removed);
+  }
+}
+
+// A load: the chunks come up into host (BringUp), then go into the engine's blocks layer
+// by layer, each layer published on the ticket as it lands. Once copying into the engine
+// has started it finishes (cancellation is checked before), so a cancelled load never
+// leaves a chunk half written that chunks_done counts.
 void Store::Impl::RunLoad(Registration& r, const std::vector<ChunkKey>& keys, size_t matched,
                           const std::vector<int32_t>& blocks, TicketState& t) {
   NamespaceState& ns = *r.ns;
   const uint32_t total = static_cast<uint32_t>(keys.size());
   const uint32_t bpc = r.mover.blocks_per_chunk();
-  const ChunkIdentity identity{ns.id, {}, ns.spec.shape};
-  uint32_t done = 0;
-  Status st;
-  std::optional<ChunkKey> corrupt, lost_on_nvme;
-  for (uint32_t i = 0; i < matched; ++i) {
-    if (t.cancel_requested()) {
-      st = Status::Cancelled("load cancelled after " + std::to_string(i) + " of " + std::to_string(total) + " chunks");
-      break;
-    }
-    std::optional<SlotId> slot = host->Find(keys[i]);
-    bool promoted = false;
-    if (!slot) {
-      if (!nvme) {
-        st = Status::Internal("load: chunk " + keys[i].ToHex() + " is indexed in the host tier but has no slot");
-        break;
-      }
-      // On NVMe only: read it into a fresh host slot (verified there), copy it out, and
-      // keep it in host DRAM (promotion).
-      Result<SlotId> fresh = AllocateSlot(ns.payload_bytes);
-      if (!fresh.ok()) {
-        st = fresh.status().WithContext("load: ");
-        break;
-      }
-      ChunkIdentity want = identity;
-      want.key = keys[i];
-      Status rs = nvme->Read(keys[i], want, host->SlotAddress(*fresh), fresh->bytes);
-      if (!rs.ok()) {
-        host->Free(*fresh);
-        if (rs.IsCorruption()) Add(n.corrupt_chunks, 1);
-        if (rs.IsCorruption() || rs.IsNotFound()) lost_on_nvme = keys[i];
-        st = rs.WithContext("load: chunk " + std::to_string(i) + ": ");
-        break;
-      }
-      slot = *fresh;
-      promoted = true;
-    }
-    const uint8_t* addr = host->SlotAddress(*slot);
-    // The header is checked on every read: a slot that does not hold this chunk is never served.
-    Result<ChunkHeader> h = DecodeChunkHeader(std::span<const uint8_t>(addr, kChunkHeaderBytes));
-    ChunkIdentity want = identity;
-    want.key = keys[i];
-    Status hs = h.ok() ? CheckChunkIdentity(*h, want) : h.status();
-    if (!hs.ok()) {
-      Add(n.corrupt_chunks, 1);
-      if (promoted) {
-        host->Free(*slot);
-        lost_on_nvme = keys[i];
-      } else {
-        corrupt = keys[i];
-      }
-      st = hs.WithContext("load: host slot of chunk " + std::to_string(i) + ": ");
-      break;
-    }
-    Status s = r.mover.Scatter(std::span<const int32_t>(blocks).subspan(uint64_t{i} * bpc, bpc),
-                               addr + kChunkPayloadOffset, ns.payload_bytes);
-    if (promoted) {
-      std::lock_guard<std::mutex> l(placement_mu);
-      if (s.ok() && host->Publish(keys[i], *slot).ok() && ns.index.SetResident(keys[i], TierId::kHost).ok()) {
-        Add(n.promotions, 1);
-      } else if (!host->Find(keys[i]) || host->Find(keys[i])->offset != slot->offset) {
-        host->Free(*slot);  // not published (a concurrent load promoted it first, or the copy failed)
-      } else {
-        host->Remove(keys[i]);  // published but the index refused it
-      }
-    }
-    if (!s.ok()) {
-      st = s;
-      break;
-    }
-    Add(n.loaded_chunks, 1);
-    Add(n.bytes_loaded, ns.payload_bytes);
-    t.set_chunks_done(++done);
+  BringUpResult b;
+  std::vector<SlotId> slots = BringUp(ns, keys, matched, [&t] { return t.cancel_requested(); }, &b);
+  Status st = b.status.ok() ? Status::OK() : b.status.WithContext("load: ");
+  uint32_t done = static_cast<uint32_t>(slots.size());
+  if (done > 0 && t.cancel_requested()) {
+    st = Status::Cancelled("load cancelled before copying into the engine");
+    done = 0;
   }
+  const auto t0 = std::chrono::steady_clock::now();
+  for (uint32_t l = 0; l < ns.spec.shape.num_layers && done > 0; ++l) {
+    for (uint32_t i = 0; i < done; ++i) {
+      Status s = r.mover.Scatter(std::span<const int32_t>(blocks).subspan(uint64_t{i} * bpc, bpc),
+                                 host->SlotAddress(slots[i]) + kChunkPayloadOffset, ns.payload_bytes, l, 1);
+      if (!s.ok()) {  // the request was validated: this is a bug, and nothing counts as loaded
+        st = s.WithContext("load: ");
+        done = 0;
+        break;
+      }
+    }
+    t.set_layers_ready(l + 1, done);
+  }
+  if (done > 0) rates.Observe(TierId::kHost, uint64_t{done} * ns.payload_bytes, SecondsSince(t0));
   ns.index.Unpin(std::span<const ChunkKey>(keys.data(), matched));
-  if (corrupt) DropChunk(ns, *corrupt);
-  if (lost_on_nvme) {  // its record is gone (dropped as corrupt, or missing): so is its NVMe residency
-    std::lock_guard<std::mutex> l(placement_mu);
-    std::vector<RemovedChunk> removed;
-    if (ns.index.ClearResident(*lost_on_nvme, TierId::kNvme, &removed).ok()) FreeRemoved(removed);
-  }
+  SettleBringUp(ns, b);
+  Add(n.loaded_chunks, done);
+  Add(n.bytes_loaded, uint64_t{done} * ns.payload_bytes);
   if (st.ok() && done < total)
     st = Status::NotFound("load: chunk " + std::to_string(done) + " of " + std::to_string(total) +
                           " is not cached; recompute from token " +
                           std::to_string(uint64_t{done} * ns.spec.shape.chunk_tokens));
   Add(n.load_failed_chunks, total - done);
   t.Finish(std::move(st), done);
+}
+
+// A prefetch: BringUp only, until done, cancelled, or past its deadline.
+void Store::Impl::RunPrefetch(Registration& r, const std::vector<ChunkKey>& keys, size_t matched,
+                              std::chrono::steady_clock::time_point deadline, TicketState& t) {
+  NamespaceState& ns = *r.ns;
+  BringUpResult b;
+  std::vector<SlotId> slots = BringUp(
+      ns, keys, matched,
+      [&t, deadline] { return t.cancel_requested() || std::chrono::steady_clock::now() > deadline; }, &b);
+  ns.index.Unpin(std::span<const ChunkKey>(keys.data(), matched));
+  SettleBringUp(ns, b);
+  Add(n.prefetched_chunks, b.promoted);
+  t.Finish(b.status, static_cast<uint32_t>(slots.size()));
 }
 
 // ---- Store ------------------------------------------------------------------------------------
@@ -634,7 +1068,14 @@ Result<std::unique_ptr<Store>> Store::Open(const StoreConfig& config) {
     return Status::InvalidArgument("store: worker_threads " + std::to_string(config.worker_threads) +
                                    " is outside 1..256");
   if (config.max_request_tokens == 0) return Status::InvalidArgument("store: max_request_tokens is 0");
+  for (double g : {config.planner.host_gbps, config.planner.nvme_gbps, config.planner.redis_gbps})
+    if (!(g > 0))
+      return Status::InvalidArgument("store: planner bandwidths must be positive GB/s (host_gbps, nvme_gbps, "
+                                     "redis_gbps); got " + std::to_string(g));
   auto impl = std::make_unique<Impl>(config);
+  impl->rates.Init(config.planner);
+  if (config.admission.nvme_second_hit || config.admission.redis_second_hit)
+    impl->seen = std::make_unique<SeenSet>(size_t{1} << 20);
   HostTierOptions ho;
   ho.capacity_bytes = config.host_capacity_bytes;
   ho.huge_pages = config.huge_pages;
@@ -658,6 +1099,28 @@ Result<std::unique_ptr<Store>> Store::Open(const StoreConfig& config) {
     impl->io_pool = std::make_unique<TaskPool>(config.worker_threads);
     KVTIER_RETURN_IF_ERROR(impl->Recover());
   }
+  if (config.redis.enabled) {
+    const RedisConfig& rc = config.redis;
+    if (rc.addresses.empty())
+      return Status::InvalidArgument("store: redis.addresses is empty: name the server (host:port), or for a "
+                                     "cluster any of its nodes");
+    if (rc.op_timeout_ms == 0 || rc.lookup_timeout_ms == 0 || rc.connect_timeout_ms == 0)
+      return Status::InvalidArgument("store: redis timeouts must be at least 1 ms");
+    RedisTierOptions ro;
+    ro.mode = rc.cluster ? RedisMode::kCluster : RedisMode::kStandalone;
+    ro.seeds = rc.addresses;
+    ro.username = rc.username;
+    ro.password = rc.password;
+    ro.pool_size = rc.pool_size;
+    ro.connect_timeout = std::chrono::milliseconds(rc.connect_timeout_ms);
+    ro.op_timeout = std::chrono::milliseconds(rc.op_timeout_ms);
+    ro.ttl_seconds = rc.ttl_seconds;
+    ro.compression = rc.lz4 ? RedisCompression::kLz4 : RedisCompression::kNone;
+    ro.key_prefix = rc.key_prefix;
+    Result<std::unique_ptr<RedisTier>> rt = RedisTier::Open(ro);
+    if (!rt.ok()) return rt.status().WithContext("store: redis tier: ");
+    impl->redis = std::move(*rt);
+  }
   for (uint32_t i = 0; i < config.worker_threads; ++i) impl->workers.emplace_back([p = impl.get()] { p->WorkerLoop(); });
   return std::unique_ptr<Store>(new Store(std::move(impl)));
 }
@@ -668,6 +1131,10 @@ Status Store::Close() {
   std::unique_lock<std::shared_mutex> cl(s.close_mu);
   if (s.closed) return Status::OK();
   s.closed = true;
+  {
+    std::lock_guard<std::mutex> l(s.prefetch_mu);
+    for (auto& [id, t] : s.prefetches) t->Cancel();
+  }
   std::deque<Job> pending;
   {
     std::lock_guard<std::mutex> l(s.queue_mu);
@@ -680,6 +1147,7 @@ Status Store::Close() {
   s.workers.clear();
   s.io_pool.reset();
   s.nvme.reset();
+  s.redis.reset();
   s.host.reset();
   return Status::OK();
 }
@@ -753,25 +1221,139 @@ Status Store::UnregisterNamespace(NamespaceHandle h) {
 }
 
 Result<LookupResult> Store::Lookup(NamespaceHandle h, std::span<const int32_t> tokens,
-                                   std::span<const ExtraKey> extra_keys) {
+                                   std::span<const ExtraKey> extra_keys, const LookupOptions& options) {
+  Impl& s = *impl_;
+  KVTIER_OPEN_GUARD(s);
+  Result<std::shared_ptr<Registration>> r = s.Find(h);
+  if (!r.ok()) return r.status();
+  NamespaceState& ns = *(*r)->ns;
+  std::vector<ChunkKey> keys;
+  KVTIER_RETURN_IF_ERROR(s.PrepareRequest(**r, tokens, {}, extra_keys, false, &keys));
+  if (s.seen) s.seen->Ask(keys);
+  std::vector<TierMask> residency;
+  size_t m = ns.index.Match(keys, MatchOptions{}, &residency);
+  if (m < keys.size() && s.redis && s.config.redis.probe_on_miss) {
+    // Another Store may have put the rest of this prompt in Redis.
+    const size_t more = s.ProbeRedis(ns, keys, m);
+    residency.resize(std::max(residency.size(), m + more));
+    for (size_t i = m; i < m + more; ++i) residency[i] = TierBit(TierId::kRedis);
+    m += more;
+  }
+  LookupResult out;
+  out.matched_chunks = out.cached_chunks = static_cast<uint32_t>(m);
+  out.total_chunks = static_cast<uint32_t>(keys.size());
+  out.matched_tokens = uint64_t{out.matched_chunks} * ns.spec.shape.chunk_tokens;
+  out.chunk_tiers.resize(m);
+  for (size_t i = 0; i < m; ++i) out.chunk_tiers[i] = static_cast<TierId>(__builtin_ctz(residency[i]));
+  s.PlanLookup(ns, residency, &out);
+  Add(s.n.lookups, 1);
+  Add(s.n.lookup_hit_chunks, out.matched_chunks);
+  Add(s.n.lookup_miss_chunks, keys.size() - out.matched_chunks);
+  const bool below_host = std::any_of(out.chunk_tiers.begin(), out.chunk_tiers.end(),
+                                      [](TierId t) { return t != TierId::kHost; });
+  if (options.prefetch && below_host) {
+    auto t = std::make_shared<TicketState>(out.matched_chunks);
+    uint64_t id = 0;
+    {
+      std::lock_guard<std::mutex> l(s.prefetch_mu);
+      if (s.prefetches.size() < s.config.max_prefetches) {
+        id = s.next_prefetch++;
+        s.prefetches.emplace(id, t);
+      }
+    }
+    if (id == 0) {
+      Add(s.n.prefetch_skipped, 1);
+    } else {
+      keys.resize(out.matched_chunks);
+      ns.index.Pin(keys);  // kept until the prefetch ends: what it brings up stays
+      const auto deadline = std::chrono::steady_clock::now() + options.prefetch_deadline;
+      Add(s.n.prefetches, 1);
+      out.prefetch_id = id;
+      s.Enqueue([&s, reg = *r, keys = std::move(keys), deadline, t, id](bool abort) {
+        if (abort) {
+          reg->ns->index.Unpin(keys);
+          t->Finish(Status::Cancelled("prefetch: store closed before it ran"), 0);
+        } else {
+          s.RunPrefetch(*reg, keys, keys.size(), deadline, *t);
+        }
+        std::lock_guard<std::mutex> l(s.prefetch_mu);
+        s.prefetches.erase(id);
+      });
+    }
+  }
+  return out;
+}
+
+Status Store::CancelPrefetch(uint64_t prefetch_id) {
+  Impl& s = *impl_;
+  std::lock_guard<std::mutex> l(s.prefetch_mu);
+  auto it = s.prefetches.find(prefetch_id);
+  if (it == s.prefetches.end())
+    return Status::NotFound("prefetch " + std::to_string(prefetch_id) + " is finished or unknown");
+  it->second->Cancel();
+  return Status::OK();
+}
+
+Status Store::SetPrefillRate(NamespaceHandle h, double tokens_per_second) {
+  Impl& s = *impl_;
+  KVTIER_OPEN_GUARD(s);
+  Result<std::shared_ptr<Registration>> r = s.Find(h);
+  if (!r.ok()) return r.status();
+  if (!(tokens_per_second == tokens_per_second))
+    return Status::InvalidArgument("prefill rate is not a number");
+  (*r)->ns->prefill_tps.store(std::max(tokens_per_second, 0.0), std::memory_order_relaxed);
+  return Status::OK();
+}
+
+Status Store::ReportPrefill(NamespaceHandle h, uint64_t tokens, double seconds) {
+  Impl& s = *impl_;
+  KVTIER_OPEN_GUARD(s);
+  Result<std::shared_ptr<Registration>> r = s.Find(h);
+  if (!r.ok()) return r.status();
+  if (tokens == 0 || !(seconds > 0))
+    return Status::InvalidArgument("prefill report needs tokens > 0 and seconds > 0; got " + std::to_string(tokens) +
+                                   " tokens in " + std::to_string(seconds) + " s");
+  const double v = static_cast<double>(tokens) / seconds;
+  std::atomic<double>& rate = (*r)->ns->prefill_tps;
+  double cur = rate.load(std::memory_order_relaxed);
+  while (!rate.compare_exchange_weak(cur, cur > 0 ? 0.8 * cur + 0.2 * v : v, std::memory_order_relaxed)) {
+  }
+  return Status::OK();
+}
+
+Result<uint32_t> Store::PinPrefix(NamespaceHandle h, std::span<const int32_t> tokens,
+                                  std::span<const ExtraKey> extra_keys) {
   Impl& s = *impl_;
   KVTIER_OPEN_GUARD(s);
   Result<std::shared_ptr<Registration>> r = s.Find(h);
   if (!r.ok()) return r.status();
   std::vector<ChunkKey> keys;
   KVTIER_RETURN_IF_ERROR(s.PrepareRequest(**r, tokens, {}, extra_keys, false, &keys));
-  std::vector<TierMask> residency;
-  const size_t m = (*r)->ns->index.Match(keys, MatchOptions{}, &residency);
-  LookupResult out;
-  out.matched_chunks = static_cast<uint32_t>(m);
-  out.total_chunks = static_cast<uint32_t>(keys.size());
-  out.matched_tokens = uint64_t{out.matched_chunks} * (*r)->ns->spec.shape.chunk_tokens;
-  out.chunk_tiers.resize(m);
-  for (size_t i = 0; i < m; ++i) out.chunk_tiers[i] = static_cast<TierId>(__builtin_ctz(residency[i]));
-  Add(s.n.lookups, 1);
-  Add(s.n.lookup_hit_chunks, m);
-  Add(s.n.lookup_miss_chunks, keys.size() - m);
-  return out;
+  NamespaceState* ns = (*r)->ns.get();
+  MatchOptions mo;
+  mo.pin = true;
+  std::lock_guard<std::mutex> l(s.sticky_mu);
+  const size_t m = ns->index.Match(keys, mo);
+  for (size_t i = 0; i < m; ++i) ++s.sticky[{ns, keys[i].lo, keys[i].hi}];
+  return static_cast<uint32_t>(m);
+}
+
+Status Store::UnpinPrefix(NamespaceHandle h, std::span<const int32_t> tokens, std::span<const ExtraKey> extra_keys) {
+  Impl& s = *impl_;
+  KVTIER_OPEN_GUARD(s);
+  Result<std::shared_ptr<Registration>> r = s.Find(h);
+  if (!r.ok()) return r.status();
+  std::vector<ChunkKey> keys;
+  KVTIER_RETURN_IF_ERROR(s.PrepareRequest(**r, tokens, {}, extra_keys, false, &keys));
+  NamespaceState* ns = (*r)->ns.get();
+  std::lock_guard<std::mutex> l(s.sticky_mu);
+  for (const ChunkKey& k : keys) {
+    auto it = s.sticky.find({ns, k.lo, k.hi});
+    if (it == s.sticky.end()) continue;
+    ns->index.Unpin(std::span<const ChunkKey>(&k, 1));
+    if (--it->second == 0) s.sticky.erase(it);
+  }
+  return Status::OK();
 }
 
 // What a save or load job needs, copied out of the caller's spans.
@@ -823,19 +1405,25 @@ Result<Ticket> Store::Load(NamespaceHandle h, std::span<const int32_t> tokens, s
   if (!req.ok()) return req.status();
   // Pin now, so that what is cached at submission stays cached until it is copied.
   MatchOptions mo;
-  mo.tiers = TierBit(TierId::kHost) | (s.nvme ? TierBit(TierId::kNvme) : 0);
+  mo.tiers = TierBit(TierId::kHost) | (s.nvme ? TierBit(TierId::kNvme) : 0) | (s.redis ? TierBit(TierId::kRedis) : 0);
   mo.pin = true;
-  const size_t matched = (*req)->reg->ns->index.Match((*req)->keys, mo);
+  std::vector<TierMask> residency;
+  const size_t matched = (*req)->reg->ns->index.Match((*req)->keys, mo, &residency);
+  // What this load will move from each tier, for the planner's queueing estimate.
+  std::array<uint64_t, kTierCount> queued{};
+  for (size_t i = 0; i < matched; ++i) queued[__builtin_ctz(residency[i])] += (*req)->reg->ns->payload_bytes;
+  for (int i = 0; i < kTierCount; ++i) Add(s.queued_bytes[i], queued[i]);
   auto t = std::make_shared<TicketState>(static_cast<uint32_t>((*req)->keys.size()));
   Add(s.n.loads, 1);
-  s.Enqueue([&s, q = *req, matched, t](bool abort) {
+  s.Enqueue([&s, q = *req, matched, t, queued](bool abort) {
     if (abort) {
       q->reg->ns->index.Unpin(std::span<const ChunkKey>(q->keys.data(), matched));
       Add(s.n.load_failed_chunks, q->keys.size());
       t->Finish(Status::Cancelled("load: store closed before the load ran"), 0);
-      return;
+    } else {
+      s.RunLoad(*q->reg, q->keys, matched, q->blocks, *t);
     }
-    s.RunLoad(*q->reg, q->keys, matched, q->blocks, *t);
+    for (int i = 0; i < kTierCount; ++i) s.queued_bytes[i].fetch_sub(queued[i], std::memory_order_relaxed);
   });
   return Ticket(std::move(t));
 }
@@ -876,6 +1464,33 @@ StoreStats Store::Stats() const {
     o.nvme_write_errors = ns.write_errors;
     o.nvme_read_errors = ns.read_errors;
     o.nvme_io_backend = ns.io_backend;
+  }
+  if (s.redis) {
+    RedisTierStats rs = s.redis->Stats();
+    o.redis_enabled = true;
+    o.redis_breaker = BreakerStateName(rs.breaker.state);
+    o.redis_corrupt_chunks = rs.corrupt;
+    o.redis_errors = rs.errors;
+    o.redis_timeouts = rs.timeouts;
+    o.redis_breaker_opens = rs.breaker.opens;
+    o.redis_breaker_closes = rs.breaker.closes;
+    o.redis_skipped = rs.breaker.skipped_ops;
+    o.redis_bytes_out = rs.bytes_out;
+    o.redis_bytes_in = rs.bytes_in;
+  }
+  o.redis_saved_chunks = g(s.n.redis_saved);
+  o.redis_dropped_saves = g(s.n.redis_dropped);
+  o.redis_loaded_chunks = g(s.n.redis_loaded);
+  o.redis_probe_hits = g(s.n.redis_probe_hits);
+  o.redis_misses = g(s.n.redis_misses);
+  o.admission_rejected_chunks = g(s.n.admission_rejected);
+  o.prefetches = g(s.n.prefetches);
+  o.prefetch_skipped = g(s.n.prefetch_skipped);
+  o.prefetched_chunks = g(s.n.prefetched_chunks);
+  o.planner_skipped_chunks = g(s.n.planner_skipped);
+  {
+    std::lock_guard<std::mutex> l(s.sticky_mu);
+    o.pinned_chunks = s.sticky.size();
   }
   o.demotions = g(s.n.demotions);
   o.write_throughs = g(s.n.write_throughs);

@@ -14,6 +14,23 @@ void TicketState::Finish(Status status, uint32_t chunks_done) {
   cv_.notify_all();
 }
 
+void TicketState::set_layers_ready(uint32_t layers, uint32_t chunks) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    layers_ready_ = layers;
+    layer_chunks_ = chunks;
+  }
+  cv_.notify_all();
+}
+
+Result<uint32_t> TicketState::WaitLayer(uint32_t layer, std::chrono::nanoseconds timeout) const {
+  std::unique_lock<std::mutex> l(mu_);
+  if (!cv_.wait_for(l, timeout, [&] { return done_ || layers_ready_ > layer; }))
+    return Status::TimedOut("ticket: layer " + std::to_string(layer) + " not in place before the wait's deadline");
+  if (layers_ready_ > layer) return layer_chunks_;
+  return done_ ? chunks_done_.load(std::memory_order_acquire) : 0u;
+}
+
 bool TicketState::done() const {
   std::lock_guard<std::mutex> l(mu_);
   return done_;
@@ -67,6 +84,11 @@ Status Ticket::Wait() const {
 Status Ticket::status() const {
   if (!state_) return Status::InvalidArgument("ticket: released or empty");
   return state_->status();
+}
+
+Result<uint32_t> Ticket::WaitLayer(uint32_t layer, std::chrono::nanoseconds timeout) const {
+  if (!state_) return Status::InvalidArgument("ticket: released or empty");
+  return state_->WaitLayer(layer, timeout);
 }
 
 uint32_t Ticket::chunks_done() const { return state_ ? state_->chunks_done() : 0; }

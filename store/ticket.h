@@ -4,8 +4,12 @@
 // reporting progress (chunks done so far), and calls Finish exactly once. The Ticket
 // and the job each hold a shared_ptr, so the state lives until both let go.
 //
-// Thread-safety: all methods are thread-safe. mu_ guards the final status and the
-// done flag; cancel_ and chunks_done_ are atomics read without the lock.
+// A load also reports layer-wise readiness: once it knows how many leading chunks it will
+// deliver, it copies them into engine memory layer by layer and publishes each layer as
+// it lands, so an engine can start layer i while layer i + 1 is still being copied.
+//
+// Thread-safety: all methods are thread-safe. mu_ guards the final status, the done
+// flag and the layer progress; cancel_ and chunks_done_ are atomics read without the lock.
 #ifndef KVTIER_STORE_TICKET_H_
 #define KVTIER_STORE_TICKET_H_
 
@@ -26,6 +30,8 @@ class TicketState {
   // Worker side.
   bool cancel_requested() const { return cancel_.load(std::memory_order_acquire); }
   void set_chunks_done(uint32_t n) { chunks_done_.store(n, std::memory_order_release); }
+  // Layers [0, layers) of the first `chunks` chunks are in engine memory.
+  void set_layers_ready(uint32_t layers, uint32_t chunks);
   void Finish(Status status, uint32_t chunks_done);
 
   // Caller side.
@@ -33,6 +39,10 @@ class TicketState {
   Status Wait(std::chrono::nanoseconds timeout) const;
   Status Wait() const;
   Status status() const;
+  // Waits until `layer` is in place (or the ticket is done) and returns how many leading
+  // chunks have it: the load's final chunk count once it is in place, 0 when the load
+  // delivers nothing. TimedOut when the deadline passes first.
+  Result<uint32_t> WaitLayer(uint32_t layer, std::chrono::nanoseconds timeout) const;
   uint32_t chunks_done() const { return chunks_done_.load(std::memory_order_acquire); }
   uint32_t chunks_requested() const { return chunks_requested_; }
   void Cancel() { cancel_.store(true, std::memory_order_release); }
@@ -45,6 +55,8 @@ class TicketState {
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;
   bool done_ = false;  // guarded by mu_
+  uint32_t layers_ready_ = 0;        // guarded by mu_
+  uint32_t layer_chunks_ = 0;        // guarded by mu_: chunks that layers_ready_ covers
   Status status_;      // guarded by mu_; final once done_
 };
 

@@ -58,6 +58,50 @@ struct NvmeConfig {
   WritePolicy policy = WritePolicy::kWriteBack;
 };
 
+// The Redis tier (T3): chunks in Redis or a Redis Cluster, shared by every Store that
+// uses the same servers and key prefix (keys derive only from namespace and ChunkKey).
+// Off unless enabled. Redis is never on an engine call's failure path: errors and
+// timeouts trip a circuit breaker, and while it is open the tier is skipped (misses;
+// saves still succeed in the tiers above and their Redis copies are dropped, counted).
+struct RedisConfig {
+  bool enabled = false;
+  bool cluster = false;                 // Redis Cluster (slot routing, MOVED/ASK) or one server
+  std::vector<std::string> addresses;   // "host:port"; cluster: any of its nodes
+  std::string username;                 // ACL user; empty: the default user
+  std::string password;                 // empty: no AUTH
+  uint32_t pool_size = 8;               // idle connections kept per node
+  uint32_t connect_timeout_ms = 500;
+  uint32_t op_timeout_ms = 2000;        // deadline of one batch of Redis reads or writes
+  uint32_t lookup_timeout_ms = 100;     // deadline of a lookup's probe (Lookup is synchronous)
+  uint32_t ttl_seconds = 0;             // 0: chunks do not expire
+  bool lz4 = false;                     // compress values (the benchmark reports ratio and cost)
+  std::string key_prefix = "kvt";
+  // kWriteThrough: every save also goes to Redis (within the save's ticket, best effort:
+  // a failed Redis write does not fail the save). kWriteBack: chunks go to Redis when host
+  // eviction takes them. kNone: read only (lookups probe, loads read).
+  WritePolicy policy = WritePolicy::kWriteThrough;
+  bool probe_on_miss = true;            // a lookup that misses locally asks Redis (one round trip)
+};
+
+// The offload-or-recompute planner: a lookup reports a cached chunk only when loading it
+// is expected to finish sooner than the engine would recompute it. It needs the
+// namespace's prefill rate (Store::SetPrefillRate, or learned from Store::ReportPrefill);
+// until one is known, every cached chunk is reported. Tier bandwidths start at the values
+// below and follow what loads measure (per-request throughput, so concurrency shows).
+struct PlannerConfig {
+  bool enabled = true;
+  double host_gbps = 8.0;   // initial estimates (GB/s) until loads measure them
+  double nvme_gbps = 1.5;
+  double redis_gbps = 1.0;
+};
+
+// What a save must be to be stored, per tier below host.
+struct AdmissionConfig {
+  uint32_t min_tokens = 0;         // a save of fewer tokens stores nothing (a miss, counted)
+  bool nvme_second_hit = false;    // NVMe takes a chunk only once it has been asked for before
+  bool redis_second_hit = false;   // the same for Redis
+};
+
 struct StoreConfig {
   uint64_t host_capacity_bytes = 1ull << 30;  // the host tier's region
   HugePages huge_pages = HugePages::kAuto;
@@ -65,6 +109,10 @@ struct StoreConfig {
   uint32_t worker_threads = 2;   // threads that run saves and loads
   uint64_t max_request_tokens = 1ull << 21;  // a call naming more tokens is refused
   NvmeConfig nvme;
+  RedisConfig redis;
+  PlannerConfig planner;
+  AdmissionConfig admission;
+  uint32_t max_prefetches = 4;   // prefetches running at once; a lookup beyond that starts none
   Env* env = nullptr;  // file system for the NVMe tier (tests inject faults); default POSIX
 };
 
@@ -72,11 +120,26 @@ struct NamespaceHandle {
   uint32_t id = 0;  // 0 is never a valid handle
 };
 
+struct LookupOptions {
+  // Start bringing the matched chunks that sit below host (NVMe, Redis) into host DRAM
+  // now, so that the load that follows finds them there (it waits only for what has not
+  // arrived). Runs in the background, bounded by max_prefetches, until done, cancelled
+  // (CancelPrefetch, Close) or past its deadline.
+  bool prefetch = false;
+  std::chrono::milliseconds prefetch_deadline{10000};
+};
+
 struct LookupResult {
-  uint64_t matched_tokens = 0;     // leading tokens whose whole chunks are cached
+  uint64_t matched_tokens = 0;     // leading tokens worth loading (whole chunks, planner applied)
   uint32_t matched_chunks = 0;
   uint32_t total_chunks = 0;       // whole chunks in the request
+  uint32_t cached_chunks = 0;      // leading chunks cached in some tier (before the planner)
   std::vector<TierId> chunk_tiers; // fastest tier holding each matched chunk
+  // The planner's view of the matched prefix (zero when no prefill rate is known).
+  double expected_load_seconds = 0;       // loading the matched chunks, queueing included
+  double expected_recompute_seconds = 0;  // recomputing them instead
+  double expected_saving_seconds = 0;     // the difference; never negative
+  uint64_t prefetch_id = 0;        // the prefetch started (LookupOptions::prefetch), 0 if none
 };
 
 // Counters since Open. Monotonic except the *_bytes/chunks gauges.
@@ -115,7 +178,30 @@ struct StoreStats {
   uint64_t write_throughs = 0;          // host -> nvme on save
   uint64_t promotions = 0;              // nvme -> host on load
   uint64_t recovered_chunks = 0;        // indexed from NVMe metadata at open
+  // Placement, prefetch, planner.
+  uint64_t admission_rejected_chunks = 0;  // not stored (min_tokens) or kept out of a lower tier (second hit)
+  uint64_t prefetches = 0;              // started
+  uint64_t prefetch_skipped = 0;        // not started: max_prefetches running
+  uint64_t prefetched_chunks = 0;       // brought into host by prefetches
+  uint64_t planner_skipped_chunks = 0;  // cached but reported as misses: recomputing is faster
+  uint64_t pinned_chunks = 0;           // held by PinPrefix now
   std::string nvme_io_backend;          // "io_uring" or "pread"
+  // Redis tier (zero when disabled).
+  bool redis_enabled = false;
+  std::string redis_breaker;            // "closed", "open" or "half-open"
+  uint64_t redis_saved_chunks = 0;      // chunks written to Redis
+  uint64_t redis_dropped_saves = 0;     // chunks not written (breaker open, error, timeout)
+  uint64_t redis_loaded_chunks = 0;     // chunks read from Redis (promoted to host)
+  uint64_t redis_probe_hits = 0;        // chunks a lookup found in Redis but not locally
+  uint64_t redis_misses = 0;            // indexed in Redis but gone, corrupt, or unreachable
+  uint64_t redis_corrupt_chunks = 0;    // failed a check: deleted, served as misses
+  uint64_t redis_errors = 0;            // failed calls (errors and timeouts)
+  uint64_t redis_timeouts = 0;
+  uint64_t redis_breaker_opens = 0;
+  uint64_t redis_breaker_closes = 0;
+  uint64_t redis_skipped = 0;           // items skipped while the breaker was open
+  uint64_t redis_bytes_out = 0;
+  uint64_t redis_bytes_in = 0;
 };
 
 class TicketState;
@@ -142,6 +228,12 @@ class Ticket {
   // Busy("in progress") while running.
   Status status() const;
   uint32_t chunks_done() const;       // leading chunks that succeeded (final once done)
+  // Loads: waits until layer `layer` (0-based) of the chunks this load delivers is in
+  // engine memory, and returns how many leading chunks that is (0: nothing to use; the
+  // final chunks_done once the ticket is done). Layers land in order, so an engine can
+  // run layer i while i + 1 is still being copied (vLLM's wait_for_layer_load).
+  // TimedOut when `timeout` passes first.
+  Result<uint32_t> WaitLayer(uint32_t layer, std::chrono::nanoseconds timeout) const;
   uint32_t chunks_requested() const;
   // Best effort: chunks not started yet are skipped; a chunk being copied completes.
   void Cancel();
@@ -172,7 +264,20 @@ class Store {
   Status UnregisterNamespace(NamespaceHandle ns);
 
   Result<LookupResult> Lookup(NamespaceHandle ns, std::span<const int32_t> tokens,
-                              std::span<const ExtraKey> extra_keys = {});
+                              std::span<const ExtraKey> extra_keys = {}, const LookupOptions& options = {});
+  // Stops a prefetch started by Lookup (chunks already brought up stay). NotFound when it
+  // is finished or unknown.
+  Status CancelPrefetch(uint64_t prefetch_id);
+  // The engine's prefill speed for this namespace, for the planner: set it, or report
+  // measured prefills and the Store keeps a moving average. tokens_per_second <= 0 forgets it.
+  Status SetPrefillRate(NamespaceHandle ns, double tokens_per_second);
+  Status ReportPrefill(NamespaceHandle ns, uint64_t tokens, double seconds);
+  // Keeps the cached chunks of `tokens` (e.g. a system prompt) from ever being evicted
+  // until UnpinPrefix; returns how many chunks it pinned. Chunks saved later are not
+  // pinned by an earlier call: pin after saving.
+  Result<uint32_t> PinPrefix(NamespaceHandle ns, std::span<const int32_t> tokens,
+                             std::span<const ExtraKey> extra_keys = {});
+  Status UnpinPrefix(NamespaceHandle ns, std::span<const int32_t> tokens, std::span<const ExtraKey> extra_keys = {});
   Result<Ticket> Save(NamespaceHandle ns, std::span<const int32_t> tokens, std::span<const int32_t> block_ids,
                       std::span<const ExtraKey> extra_keys = {});
   Result<Ticket> Load(NamespaceHandle ns, std::span<const int32_t> tokens, std::span<const int32_t> block_ids,

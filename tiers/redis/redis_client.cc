@@ -1,0 +1,709 @@
+#include "tiers/redis/redis_client.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis/read.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <thread>
+#include <unordered_map>
+
+namespace kvtier {
+namespace {
+
+constexpr uint16_t kNoNode = 0xFFFF;
+constexpr int kSlots = 16384;
+
+constexpr std::array<uint16_t, 256> MakeCrc16Table() {
+  std::array<uint16_t, 256> t{};
+  for (int i = 0; i < 256; ++i) {
+    uint16_t crc = static_cast<uint16_t>(i << 8);
+    for (int b = 0; b < 8; ++b) crc = (crc & 0x8000) ? static_cast<uint16_t>((crc << 1) ^ 0x1021) : static_cast<uint16_t>(crc << 1);
+    t[i] = crc;
+  }
+  return t;
+}
+constexpr std::array<uint16_t, 256> kCrc16Table = MakeCrc16Table();
+
+uint16_t Crc16(std::string_view s) {
+  uint16_t crc = 0;
+  for (unsigned char c : s) crc = static_cast<uint16_t>((crc << 8) ^ kCrc16Table[((crc >> 8) ^ c) & 0xFF]);
+  return crc;
+}
+
+std::string ErrnoText(int err) { return std::string(std::strerror(err)); }
+
+int MillisLeft(RedisDeadline deadline) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - RedisClock::now()).count();
+  if (left <= 0) return 0;
+  return static_cast<int>(std::min<long long>(left, 1 << 30));
+}
+
+// ---- reply objects for hiredis's reader -------------------------------------------------
+// The reader calls these on the thread that called redisReaderGetReply; t_sink is the sink
+// of the command whose reply is being parsed.
+thread_local BulkSink* t_sink = nullptr;
+
+void* AttachReply(const redisReadTask* task, RedisReply* r) {
+  if (task->parent != nullptr) {
+    auto* parent = static_cast<RedisReply*>(task->parent->obj);
+    if (task->idx >= 0 && static_cast<size_t>(task->idx) < parent->elements.size())
+      parent->elements[static_cast<size_t>(task->idx)].reset(r);
+  }
+  return r;
+}
+
+void* CreateString(const redisReadTask* task, char* str, size_t len) {
+  auto* r = new RedisReply;
+  switch (task->type) {
+    case REDIS_REPLY_ERROR: r->type = RedisReply::Type::kError; break;
+    case REDIS_REPLY_STATUS: r->type = RedisReply::Type::kStatus; break;
+    default: r->type = RedisReply::Type::kString; break;
+  }
+  if (r->type == RedisReply::Type::kString && task->parent == nullptr && t_sink != nullptr) {
+    t_sink->OnBulk(reinterpret_cast<const uint8_t*>(str), len);
+    r->sunk = true;
+  } else {
+    r->str.assign(str, len);
+  }
+  return AttachReply(task, r);
+}
+
+void* CreateArray(const redisReadTask* task, int elements) {
+  auto* r = new RedisReply;
+  r->type = RedisReply::Type::kArray;
+  r->elements.resize(static_cast<size_t>(std::max(elements, 0)));
+  return AttachReply(task, r);
+}
+
+void* CreateInteger(const redisReadTask* task, long long value) {
+  auto* r = new RedisReply;
+  r->type = RedisReply::Type::kInteger;
+  r->integer = value;
+  return AttachReply(task, r);
+}
+
+void* CreateNil(const redisReadTask* task) {
+  auto* r = new RedisReply;
+  r->type = RedisReply::Type::kNil;
+  return AttachReply(task, r);
+}
+
+// Only called on the root (children are owned by their parent's elements).
+void FreeReply(void* obj) { delete static_cast<RedisReply*>(obj); }
+
+redisReplyObjectFunctions kReplyFunctions = {CreateString, CreateArray, CreateInteger, CreateNil, FreeReply};
+
+bool ParseHostPort(const std::string& addr, std::string* host, int* port) {
+  size_t colon = addr.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 >= addr.size()) return false;
+  *host = addr.substr(0, colon);
+  if (host->size() > 2 && host->front() == '[' && host->back() == ']') *host = host->substr(1, host->size() - 2);
+  char* end = nullptr;
+  long p = std::strtol(addr.c_str() + colon + 1, &end, 10);
+  if (*end != '\0' || p <= 0 || p > 65535) return false;
+  *port = static_cast<int>(p);
+  return true;
+}
+
+void AppendBulkHeader(std::string* out, size_t len) {
+  out->push_back('$');
+  out->append(std::to_string(len));
+  out->append("\r\n");
+}
+
+bool StartsWith(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
+
+}  // namespace
+
+uint16_t RedisKeySlot(std::string_view key) {
+  size_t open = key.find('{');
+  if (open != std::string_view::npos) {
+    size_t close = key.find('}', open + 1);
+    if (close != std::string_view::npos && close > open + 1) key = key.substr(open + 1, close - open - 1);
+  }
+  return static_cast<uint16_t>(Crc16(key) & (kSlots - 1));
+}
+
+// ---- one connection --------------------------------------------------------------------
+
+class RedisClient::Connection {
+ public:
+  Connection(int fd, std::string addr, size_t read_chunk)
+      : fd_(fd), addr_(std::move(addr)), reader_(redisReaderCreateWithFunctions(&kReplyFunctions)), buf_(read_chunk) {
+    // Keep the reader's buffer between replies: regrowing it to a multi-MiB value costs
+    // page faults on every read. A pooled connection holds about its largest reply.
+    if (reader_ != nullptr) reader_->maxbuf = 0;
+  }
+  ~Connection() {
+    if (reader_ != nullptr) redisReaderFree(reader_);
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  bool ok() const { return !broken_ && reader_ != nullptr; }
+  const std::string& addr() const { return addr_; }
+
+  // Writes every byte of `iov` by the deadline.
+  Status Write(std::vector<iovec>& iov, uint64_t* sent) {
+    size_t first = 0;
+    while (first < iov.size()) {
+      msghdr msg{};
+      msg.msg_iov = iov.data() + first;
+      msg.msg_iovlen = std::min<size_t>(iov.size() - first, IOV_MAX);
+      ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+          KVTIER_RETURN_IF_ERROR(Wait(POLLOUT));
+          continue;
+        }
+        return Fail(Status::IOError("redis " + addr_ + ": send: " + ErrnoText(errno)));
+      }
+      *sent += static_cast<uint64_t>(n);
+      size_t left = static_cast<size_t>(n);
+      while (first < iov.size() && left >= iov[first].iov_len) left -= iov[first++].iov_len;
+      if (left > 0) {
+        iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + left;
+        iov[first].iov_len -= left;
+      }
+    }
+    return Status::OK();
+  }
+
+  // Reads the next reply; a bulk string goes to `sink` when given.
+  Result<std::unique_ptr<RedisReply>> Read(BulkSink* sink, uint64_t* received) {
+    for (;;) {
+      void* obj = nullptr;
+      t_sink = sink;
+      int rc = redisReaderGetReply(reader_, &obj);
+      t_sink = nullptr;
+      if (rc != REDIS_OK)
+        return Fail(Status::IOError("redis " + addr_ + ": protocol error: " + std::string(reader_->errstr)));
+      if (obj != nullptr) return std::unique_ptr<RedisReply>(static_cast<RedisReply*>(obj));
+      ssize_t n = ::read(fd_, buf_.data(), buf_.size());
+      if (n > 0) {
+        *received += static_cast<uint64_t>(n);
+        if (redisReaderFeed(reader_, buf_.data(), static_cast<size_t>(n)) != REDIS_OK)
+          return Fail(Status::NoMemory("redis " + addr_ + ": reader buffer"));
+        continue;
+      }
+      if (n == 0) return Fail(Status::IOError("redis " + addr_ + ": connection closed by the server"));
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK)
+        return Fail(Status::IOError("redis " + addr_ + ": read: " + ErrnoText(errno)));
+      KVTIER_RETURN_IF_ERROR(Wait(POLLIN));
+    }
+  }
+
+  void set_deadline(RedisDeadline d) { deadline_ = d; }
+  void MarkBroken() { broken_ = true; }
+
+ private:
+  Status Wait(short events) {
+    for (;;) {
+      int ms = MillisLeft(deadline_);
+      if (ms <= 0) return Fail(Status::TimedOut("redis " + addr_ + ": no reply within the deadline"));
+      pollfd p{fd_, events, 0};
+      int rc = ::poll(&p, 1, ms);
+      if (rc > 0) return Status::OK();
+      if (rc < 0 && errno != EINTR) return Fail(Status::IOError("redis " + addr_ + ": poll: " + ErrnoText(errno)));
+    }
+  }
+  Status Fail(Status s) {
+    broken_ = true;
+    return s;
+  }
+
+  int fd_;
+  std::string addr_;
+  redisReader* reader_;
+  std::vector<char> buf_;
+  RedisDeadline deadline_{};
+  bool broken_ = false;
+};
+
+// ---- nodes and their pools ---------------------------------------------------------------
+
+struct RedisClient::Node {
+  std::string addr, host;
+  int port = 0;
+  std::mutex mu;
+  std::vector<std::unique_ptr<Connection>> idle;  // guarded by mu; at most pool_size
+};
+
+namespace {
+
+Status SendCommand(RedisClient::Connection* c, const std::vector<RedisArg>& args, uint64_t* sent) {
+  std::string head = "*" + std::to_string(args.size()) + "\r\n";
+  std::vector<size_t> cut;  // offsets in head where an argument's bytes go
+  for (const RedisArg& a : args) {
+    AppendBulkHeader(&head, a.head.size() + a.tail.size());
+    cut.push_back(head.size());
+    head.append("\r\n");
+  }
+  std::vector<iovec> iov;
+  size_t pos = 0;
+  for (size_t i = 0; i < args.size(); ++i) {
+    iov.push_back({head.data() + pos, cut[i] - pos});
+    if (!args[i].head.empty()) iov.push_back({const_cast<char*>(args[i].head.data()), args[i].head.size()});
+    if (!args[i].tail.empty()) iov.push_back({const_cast<char*>(args[i].tail.data()), args[i].tail.size()});
+    pos = cut[i];
+  }
+  iov.push_back({head.data() + pos, head.size() - pos});
+  return c->Write(iov, sent);
+}
+
+}  // namespace
+
+RedisClient::RedisClient(const RedisClientOptions& options) : options_(options), slots_(kSlots, kNoNode) {}
+
+RedisClient::~RedisClient() = default;
+
+Result<std::unique_ptr<RedisClient>> RedisClient::Open(const RedisClientOptions& options) {
+  if (options.seeds.empty()) return Status::InvalidArgument("redis: no server address; set redis seeds to host:port");
+  for (const std::string& s : options.seeds) {
+    std::string host;
+    int port = 0;
+    if (!ParseHostPort(s, &host, &port))
+      return Status::InvalidArgument("redis: bad address '" + s + "'; expected host:port");
+  }
+  if (options.pool_size == 0) return Status::InvalidArgument("redis: pool_size must be at least 1");
+  if (!options.username.empty() && options.password.empty())
+    return Status::InvalidArgument("redis: an ACL username needs a password");
+  std::unique_ptr<RedisClient> c(new RedisClient(options));
+  if (options.mode == RedisMode::kStandalone) {
+    if (!c->NodeFor(options.seeds[0])) return Status::InvalidArgument("redis: bad address " + options.seeds[0]);
+    std::unique_lock<std::shared_mutex> lock(c->topo_mu_);
+    std::fill(c->slots_.begin(), c->slots_.end(), 0);  // every slot: the one node
+  } else {
+    for (const std::string& s : options.seeds) c->NodeFor(s);
+    Status st = c->RefreshTopology(RedisClock::now() + options.connect_timeout * 2, true);
+    if (!st.ok()) return st.WithContext("redis cluster: no seed gave the slot map: ");
+  }
+  return c;
+}
+
+std::shared_ptr<RedisClient::Node> RedisClient::NodeFor(const std::string& addr) {
+  {
+    std::shared_lock<std::shared_mutex> lock(topo_mu_);
+    for (const auto& n : nodes_)
+      if (n->addr == addr) return n;
+  }
+  std::unique_lock<std::shared_mutex> lock(topo_mu_);
+  for (const auto& n : nodes_)
+    if (n->addr == addr) return n;
+  auto n = std::make_shared<Node>();
+  n->addr = addr;
+  if (!ParseHostPort(addr, &n->host, &n->port)) return nullptr;
+  nodes_.push_back(n);
+  return n;
+}
+
+std::shared_ptr<RedisClient::Node> RedisClient::NodeForSlot(uint16_t slot) {
+  std::shared_lock<std::shared_mutex> lock(topo_mu_);
+  uint16_t i = slots_[slot];
+  return i == kNoNode ? nullptr : nodes_[i];
+}
+
+std::vector<std::string> RedisClient::Masters() const {
+  std::shared_lock<std::shared_mutex> lock(topo_mu_);
+  std::vector<bool> used(nodes_.size(), false);
+  for (uint16_t i : slots_)
+    if (i != kNoNode) used[i] = true;
+  std::vector<std::string> out;
+  for (size_t i = 0; i < nodes_.size(); ++i)
+    if (used[i]) out.push_back(nodes_[i]->addr);
+  return out;
+}
+
+Result<std::unique_ptr<RedisClient::Connection>> RedisClient::Connect(const Node& node, RedisDeadline deadline) {
+  deadline = std::min(deadline, RedisClock::now() + options_.connect_timeout);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  int gai = ::getaddrinfo(node.host.c_str(), std::to_string(node.port).c_str(), &hints, &res);
+  if (gai != 0) return Status::IOError("redis " + node.addr + ": cannot resolve host: " + gai_strerror(gai));
+  Status last = Status::IOError("redis " + node.addr + ": no address");
+  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+    int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0) {
+      last = Status::IOError("redis " + node.addr + ": socket: " + ErrnoText(errno));
+      continue;
+    }
+    int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    int rc = ::connect(fd, ai->ai_addr, ai->ai_addrlen);
+    if (rc < 0 && errno == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      int ms = MillisLeft(deadline);
+      rc = ms > 0 ? ::poll(&p, 1, ms) : 0;
+      if (rc == 0) {
+        ::close(fd);
+        last = Status::TimedOut("redis " + node.addr + ": connect timed out");
+        continue;
+      }
+      int err = 0;
+      socklen_t len = sizeof err;
+      ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+      if (rc < 0 || err != 0) {
+        ::close(fd);
+        last = Status::IOError("redis " + node.addr + ": connect: " + ErrnoText(rc < 0 ? errno : err));
+        continue;
+      }
+    } else if (rc < 0) {
+      last = Status::IOError("redis " + node.addr + ": connect: " + ErrnoText(errno));
+      ::close(fd);
+      continue;
+    }
+    ::freeaddrinfo(res);
+    res = nullptr;
+    auto c = std::make_unique<Connection>(fd, node.addr, std::max<size_t>(options_.read_chunk_bytes, 4096));
+    if (!c->ok()) return Status::NoMemory("redis " + node.addr + ": cannot create a reply reader");
+    if (!options_.password.empty()) {
+      c->set_deadline(deadline);
+      std::vector<RedisArg> auth = {RedisArg("AUTH")};
+      if (!options_.username.empty()) auth.emplace_back(options_.username);
+      auth.emplace_back(options_.password);
+      uint64_t sent = 0, received = 0;
+      KVTIER_RETURN_IF_ERROR(SendCommand(c.get(), auth, &sent));
+      Result<std::unique_ptr<RedisReply>> r = c->Read(nullptr, &received);
+      if (!r.ok()) return r.status();
+      if ((*r)->type == RedisReply::Type::kError)
+        return Status::InvalidArgument("redis " + node.addr + ": AUTH failed: " + (*r)->str +
+                                       "; check the redis username and password");
+    }
+    connects_.fetch_add(1, std::memory_order_relaxed);
+    return c;
+  }
+  if (res != nullptr) ::freeaddrinfo(res);
+  return last;
+}
+
+Result<std::unique_ptr<RedisClient::Connection>> RedisClient::Checkout(Node* node, RedisDeadline deadline) {
+  {
+    std::lock_guard<std::mutex> lock(node->mu);
+    if (!node->idle.empty()) {
+      std::unique_ptr<Connection> c = std::move(node->idle.back());
+      node->idle.pop_back();
+      return c;
+    }
+  }
+  // None idle: open one. Never waiting for another caller's connection keeps a caller that
+  // holds connections to several nodes from deadlocking with another one.
+  Result<std::unique_ptr<Connection>> c = Connect(*node, deadline);
+  if (!c.ok()) connect_failures_.fetch_add(1, std::memory_order_relaxed);
+  return c;
+}
+
+void RedisClient::Return(Node* node, std::unique_ptr<Connection> conn) {
+  std::vector<std::unique_ptr<Connection>> dead;
+  {
+    std::lock_guard<std::mutex> lock(node->mu);
+    if (conn->ok() && node->idle.size() < options_.pool_size) {
+      node->idle.push_back(std::move(conn));
+    } else if (!conn->ok()) {
+      // A failed connection suggests the idle ones are stale too (server restart).
+      dead.swap(node->idle);
+    }
+  }
+  // `conn` (unless pooled) and `dead` close here, outside the lock.
+}
+
+// ---- topology ----------------------------------------------------------------------------
+
+Status RedisClient::LoadSlotsFrom(const std::shared_ptr<Node>& node, RedisDeadline deadline) {
+  Result<std::unique_ptr<Connection>> c = Checkout(node.get(), deadline);
+  if (!c.ok()) return c.status();
+  (*c)->set_deadline(deadline);
+  uint64_t sent = 0, received = 0;
+  Status st = SendCommand(c->get(), {RedisArg("CLUSTER"), RedisArg("SLOTS")}, &sent);
+  Result<std::unique_ptr<RedisReply>> r = st.ok() ? (*c)->Read(nullptr, &received) : Result<std::unique_ptr<RedisReply>>(st);
+  Return(node.get(), std::move(*c));
+  if (!r.ok()) return r.status();
+  const RedisReply& rep = **r;
+  if (rep.type == RedisReply::Type::kError) return Status::IOError("redis " + node->addr + ": CLUSTER SLOTS: " + rep.str);
+  if (rep.type != RedisReply::Type::kArray) return Status::IOError("redis " + node->addr + ": CLUSTER SLOTS: not an array");
+  std::vector<std::pair<std::pair<int, int>, std::string>> ranges;
+  for (const auto& e : rep.elements) {
+    if (!e || e->type != RedisReply::Type::kArray || e->elements.size() < 3) continue;
+    const auto& m = e->elements[2];
+    if (!e->elements[0] || !e->elements[1] || !m || m->type != RedisReply::Type::kArray || m->elements.size() < 2) continue;
+    std::string host = m->elements[0]->str;
+    if (host.empty() || host == "?") host = node->host;  // "unknown endpoint": the node we asked
+    std::string addr = (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" +
+                       std::to_string(m->elements[1]->integer);
+    ranges.push_back({{static_cast<int>(e->elements[0]->integer), static_cast<int>(e->elements[1]->integer)}, addr});
+  }
+  if (ranges.empty()) return Status::IOError("redis " + node->addr + ": CLUSTER SLOTS lists no slots (cluster not set up?)");
+  std::vector<std::shared_ptr<Node>> owners;
+  for (const auto& rg : ranges) owners.push_back(NodeFor(rg.second));
+  std::unique_lock<std::shared_mutex> lock(topo_mu_);
+  std::vector<uint16_t> next(kSlots, kNoNode);
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    if (!owners[i]) continue;
+    uint16_t idx = static_cast<uint16_t>(std::find(nodes_.begin(), nodes_.end(), owners[i]) - nodes_.begin());
+    for (int s = std::max(0, ranges[i].first.first); s <= std::min(kSlots - 1, ranges[i].first.second); ++s) next[s] = idx;
+  }
+  slots_.swap(next);
+  return Status::OK();
+}
+
+Status RedisClient::RefreshTopology(RedisDeadline deadline, bool force) {
+  if (options_.mode != RedisMode::kCluster) return Status::OK();
+  std::unique_lock<std::mutex> lock(refresh_mu_, std::try_to_lock);
+  if (!lock.owns_lock()) {
+    if (!force) return Status::OK();  // someone else is refreshing
+    lock.lock();
+  }
+  auto now = RedisClock::now();
+  if (!force && now - last_refresh_ < std::chrono::milliseconds(100)) return Status::OK();
+  refresh_wanted_.store(false);
+  refreshes_.fetch_add(1, std::memory_order_relaxed);
+  // Masters first (they are current), then seeds, then any node seen.
+  std::vector<std::shared_ptr<Node>> order;
+  for (const std::string& m : Masters()) order.push_back(NodeFor(m));
+  for (const std::string& s : options_.seeds) order.push_back(NodeFor(s));
+  {
+    std::shared_lock<std::shared_mutex> tl(topo_mu_);
+    order.insert(order.end(), nodes_.begin(), nodes_.end());
+  }
+  Status last = Status::IOError("redis cluster: no node known");
+  std::vector<Node*> tried;
+  for (const auto& n : order) {
+    if (!n || std::find(tried.begin(), tried.end(), n.get()) != tried.end()) continue;
+    tried.push_back(n.get());
+    if (RedisClock::now() >= deadline) break;
+    // Each node gets a slice of the time so one hanging node does not use it all.
+    RedisDeadline d = std::min(deadline, RedisClock::now() + std::chrono::milliseconds(300));
+    last = LoadSlotsFrom(n, d);
+    if (last.ok()) {
+      last_refresh_ = RedisClock::now();
+      return last;
+    }
+  }
+  last_refresh_ = RedisClock::now();
+  refresh_wanted_.store(true);
+  return last;
+}
+
+// ---- batches ------------------------------------------------------------------------------
+
+namespace {
+
+struct Pending {
+  size_t index;
+  std::shared_ptr<RedisClient::Node> ask;  // ASK target for this try
+};
+
+// An error reply that the cluster logic consumes: MOVED/ASK <slot> <host:port>.
+bool ParseRedirect(const std::string& err, std::string_view kind, std::string* addr) {
+  if (!StartsWith(err, kind)) return false;
+  size_t sp = err.rfind(' ');
+  if (sp == std::string::npos) return false;
+  *addr = err.substr(sp + 1);
+  if (!addr->empty() && addr->front() == ':') addr->clear();  // ":port" with unknown host: refresh
+  return true;
+}
+
+bool IsRetryableClusterError(const std::string& err) {
+  return StartsWith(err, "TRYAGAIN") || StartsWith(err, "CLUSTERDOWN") || StartsWith(err, "LOADING") ||
+         StartsWith(err, "MASTERDOWN");
+}
+
+}  // namespace
+
+Status RedisClient::Execute(std::span<RedisCommand> commands, RedisDeadline deadline) {
+  for (RedisCommand& c : commands) {
+    c.reply.reset();
+    c.status = Status::OK();
+  }
+  const bool cluster = options_.mode == RedisMode::kCluster;
+  std::vector<Pending> pending;
+  pending.reserve(commands.size());
+  for (size_t i = 0; i < commands.size(); ++i) pending.push_back({i, nullptr});
+  const uint32_t rounds = cluster ? std::max<uint32_t>(1, options_.max_rounds) : 2;
+  bool pause = false;
+  for (uint32_t round = 0; round < rounds && !pending.empty(); ++round) {
+    if (round > 0) retries_.fetch_add(pending.size(), std::memory_order_relaxed);
+    if (pause) {
+      auto nap = std::min<RedisClock::duration>(std::chrono::milliseconds(20 * round), deadline - RedisClock::now());
+      if (nap > RedisClock::duration::zero()) std::this_thread::sleep_for(nap);
+      pause = false;
+    }
+    if (RedisClock::now() >= deadline) break;
+    if (cluster && refresh_wanted_.load()) (void)RefreshTopology(deadline, false);
+
+    // Group by node, keeping the batch order within a node.
+    struct Group {
+      std::shared_ptr<Node> node;
+      std::vector<Pending> items;
+      std::unique_ptr<Connection> conn;
+      Status status;
+    };
+    std::vector<Group> groups;
+    std::vector<Pending> next;
+    for (Pending& p : pending) {
+      std::shared_ptr<Node> n = p.ask;
+      if (!n) {
+        uint16_t slot = cluster ? RedisKeySlot(commands[p.index].key) : 0;
+        n = NodeForSlot(slot);
+      }
+      if (!n) {  // slot not covered: refresh and retry
+        refresh_wanted_.store(true);
+        commands[p.index].status = Status::IOError("redis cluster: no node serves the key's slot");
+        next.push_back({p.index, nullptr});
+        pause = true;
+        continue;
+      }
+      auto it = std::find_if(groups.begin(), groups.end(), [&](const Group& g) { return g.node == n; });
+      if (it == groups.end()) {
+        groups.push_back({n, {}, nullptr, Status::OK()});
+        it = groups.end() - 1;
+      }
+      it->items.push_back(p);
+    }
+
+    uint64_t sent = 0, received = 0;
+    // Send everything.
+    for (Group& g : groups) {
+      Result<std::unique_ptr<Connection>> c = Checkout(g.node.get(), deadline);
+      if (!c.ok()) {
+        g.status = c.status();
+        continue;
+      }
+      g.conn = std::move(*c);
+      g.conn->set_deadline(deadline);
+      for (const Pending& p : g.items) {
+        if (p.ask) g.status = SendCommand(g.conn.get(), {RedisArg("ASKING")}, &sent);
+        if (g.status.ok()) g.status = SendCommand(g.conn.get(), commands[p.index].args, &sent);
+        if (!g.status.ok()) break;
+      }
+    }
+    // Read everything.
+    for (Group& g : groups) {
+      size_t done = 0;
+      if (g.status.ok()) {
+        for (; done < g.items.size(); ++done) {
+          const Pending& p = g.items[done];
+          RedisCommand& cmd = commands[p.index];
+          if (p.ask) {
+            Result<std::unique_ptr<RedisReply>> a = g.conn->Read(nullptr, &received);
+            if (!a.ok()) {
+              g.status = a.status();
+              break;
+            }
+          }
+          Result<std::unique_ptr<RedisReply>> r = g.conn->Read(cmd.sink, &received);
+          if (!r.ok()) {
+            g.status = r.status();
+            break;
+          }
+          std::unique_ptr<RedisReply> rep = std::move(*r);
+          std::string addr;
+          if (cluster && rep->type == RedisReply::Type::kError) {
+            if (ParseRedirect(rep->str, "MOVED ", &addr)) {
+              moved_.fetch_add(1, std::memory_order_relaxed);
+              refresh_wanted_.store(true);
+              std::shared_ptr<Node> target = addr.empty() ? nullptr : NodeFor(addr);
+              if (target) {
+                std::unique_lock<std::shared_mutex> lock(topo_mu_);
+                uint16_t idx = static_cast<uint16_t>(std::find(nodes_.begin(), nodes_.end(), target) - nodes_.begin());
+                slots_[RedisKeySlot(cmd.key)] = idx;
+              }
+              cmd.status = Status::IOError("redis cluster: " + rep->str + " (out of redirections)");
+              next.push_back({p.index, nullptr});
+              continue;
+            }
+            if (ParseRedirect(rep->str, "ASK ", &addr)) {
+              asks_.fetch_add(1, std::memory_order_relaxed);
+              std::shared_ptr<Node> target = addr.empty() ? nullptr : NodeFor(addr);
+              cmd.status = Status::IOError("redis cluster: " + rep->str + " (out of redirections)");
+              next.push_back({p.index, target});
+              if (!target) refresh_wanted_.store(true);
+              continue;
+            }
+            if (IsRetryableClusterError(rep->str)) {
+              cmd.status = Status::IOError("redis " + g.node->addr + ": " + rep->str);
+              next.push_back({p.index, nullptr});
+              pause = true;
+              continue;
+            }
+          }
+          cmd.reply = std::move(rep);
+          cmd.status = Status::OK();
+        }
+      }
+      if (!g.status.ok()) {
+        // Nothing more from this node in this round: a timeout ends those commands (the
+        // deadline is gone); a connection error retries them after a topology refresh.
+        bool timed_out = g.status.code() == Status::Code::kTimedOut;
+        for (size_t k = done; k < g.items.size(); ++k) {
+          commands[g.items[k].index].status = g.status;
+          if (!timed_out) next.push_back({g.items[k].index, nullptr});
+        }
+        if (!timed_out) {
+          refresh_wanted_.store(true);
+          pause = true;
+        }
+      }
+      if (g.conn) Return(g.node.get(), std::move(g.conn));
+    }
+    bytes_sent_.fetch_add(sent, std::memory_order_relaxed);
+    bytes_received_.fetch_add(received, std::memory_order_relaxed);
+    pending.swap(next);
+  }
+  for (const Pending& p : pending) {
+    RedisCommand& c = commands[p.index];
+    if (c.status.ok() && !c.reply) c.status = Status::TimedOut("redis: no reply within the deadline");
+    if (c.status.ok() && c.reply) continue;
+    if (!c.status.ok() && RedisClock::now() >= deadline && c.status.code() != Status::Code::kTimedOut)
+      c.status = Status::TimedOut("redis: deadline passed while retrying: " + c.status.message());
+  }
+  for (RedisCommand& c : commands)
+    if (!c.status.ok()) return c.status;
+  return Status::OK();
+}
+
+Status RedisClient::Ping(RedisDeadline deadline) {
+  std::vector<std::string> masters = Masters();
+  for (const std::string& m : masters) {
+    std::shared_ptr<Node> n = NodeFor(m);
+    if (!n) continue;
+    Result<std::unique_ptr<Connection>> c = Connect(*n, deadline);
+    if (!c.ok()) return c.status();
+    (*c)->set_deadline(deadline);
+    uint64_t sent = 0, received = 0;
+    KVTIER_RETURN_IF_ERROR(SendCommand(c->get(), {RedisArg("PING")}, &sent));
+    Result<std::unique_ptr<RedisReply>> r = (*c)->Read(nullptr, &received);
+    if (!r.ok()) return r.status();
+    if ((*r)->type == RedisReply::Type::kError) return Status::IOError("redis " + m + ": PING: " + (*r)->str);
+  }
+  return Status::OK();
+}
+
+RedisClientStats RedisClient::Stats() const {
+  RedisClientStats s;
+  s.connects = connects_.load(std::memory_order_relaxed);
+  s.connect_failures = connect_failures_.load(std::memory_order_relaxed);
+  s.moved = moved_.load(std::memory_order_relaxed);
+  s.asks = asks_.load(std::memory_order_relaxed);
+  s.retries = retries_.load(std::memory_order_relaxed);
+  s.topology_refreshes = refreshes_.load(std::memory_order_relaxed);
+  s.bytes_sent = bytes_sent_.load(std::memory_order_relaxed);
+  s.bytes_received = bytes_received_.load(std::memory_order_relaxed);
+  return s;
+}
+
+}  // namespace kvtier

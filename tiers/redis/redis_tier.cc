@@ -1,0 +1,426 @@
+#include "tiers/redis/redis_tier.h"
+
+#include <lz4.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string_view>
+
+namespace kvtier {
+namespace {
+
+std::string_view AsChars(std::span<const uint8_t> s) {
+  return std::string_view(reinterpret_cast<const char*>(s.data()), s.size());
+}
+
+bool Unanswered(const RedisCommand& c) { return !c.status.ok() || !c.reply; }
+
+// Verifies a GET reply while it sits in the reader's buffer and, only when every check
+// passes, writes the raw payload to dst.
+class ChunkSink final : public BulkSink {
+ public:
+  ChunkSink(const ChunkIdentity* id, std::span<uint8_t> dst) : id_(id), dst_(dst) {}
+
+  void OnBulk(const uint8_t* data, size_t len) override {
+    called_ = true;
+    bytes_ = len;
+    std::span<const uint8_t> value(data, len);
+    Result<ChunkHeader> h = DecodeChunkHeader(value);
+    if (!h.ok()) {
+      status_ = h.status();
+      return;
+    }
+    status_ = CheckChunkIdentity(*h, *id_);
+    if (!status_.ok()) return;
+    if (len - kChunkHeaderBytes != h->payload_bytes) {
+      status_ = Status::Corruption("redis value holds " + std::to_string(len - kChunkHeaderBytes) +
+                                   " payload bytes, its header says " + std::to_string(h->payload_bytes));
+      return;
+    }
+    if ((h->flags & kFlagChecksum) == 0) {
+      status_ = Status::Corruption("redis value has no payload checksum");
+      return;
+    }
+    const uint8_t* stored = data + kChunkHeaderBytes;
+    if (ChunkChecksum(stored, h->payload_bytes) != h->payload_checksum) {
+      status_ = Status::Corruption("redis value: payload checksum mismatch");
+      return;
+    }
+    if (h->raw_bytes != dst_.size()) {  // CheckChunkIdentity already ties raw_bytes to the shape
+      status_ = Status::Corruption("redis value: raw size differs from the destination");
+      return;
+    }
+    if (h->codec == Codec::kNone) {
+      if (h->payload_bytes > 0) std::memcpy(dst_.data(), stored, h->payload_bytes);
+    } else if (h->codec == Codec::kLz4) {
+      if (h->payload_bytes > static_cast<uint64_t>(LZ4_MAX_INPUT_SIZE) || dst_.size() > static_cast<uint64_t>(INT32_MAX)) {
+        status_ = Status::Corruption("redis value: LZ4 sizes exceed what LZ4 can hold");
+        return;
+      }
+      int n = LZ4_decompress_safe(reinterpret_cast<const char*>(stored), reinterpret_cast<char*>(dst_.data()),
+                                  static_cast<int>(h->payload_bytes), static_cast<int>(dst_.size()));
+      if (n < 0 || static_cast<uint64_t>(n) != h->raw_bytes) {
+        status_ = Status::Corruption("redis value: LZ4 payload does not decompress to its raw size");
+        return;
+      }
+    } else {
+      status_ = Status::Corruption("redis value: unknown codec");
+      return;
+    }
+    status_ = Status::OK();
+  }
+
+  bool called() const { return called_; }
+  uint64_t bytes() const { return bytes_; }
+  const Status& status() const { return status_; }
+
+ private:
+  const ChunkIdentity* id_;
+  std::span<uint8_t> dst_;
+  bool called_ = false;
+  uint64_t bytes_ = 0;
+  Status status_;
+};
+
+}  // namespace
+
+const char* RedisItemResultName(RedisItemResult r) {
+  switch (r) {
+    case RedisItemResult::kOk: return "ok";
+    case RedisItemResult::kNotFound: return "not-found";
+    case RedisItemResult::kCorruption: return "corruption";
+    case RedisItemResult::kUnavailable: return "unavailable";
+    case RedisItemResult::kInvalid: return "invalid";
+  }
+  return "?";
+}
+
+RedisTier::RedisTier(const RedisTierOptions& options, std::unique_ptr<RedisClient> client)
+    : options_(options), client_(std::move(client)), breaker_(options.breaker) {}
+
+RedisTier::~RedisTier() = default;
+
+Result<std::unique_ptr<RedisTier>> RedisTier::Open(const RedisTierOptions& options) {
+  if (options.key_prefix.empty()) return Status::InvalidArgument("redis tier: key_prefix must not be empty");
+  if (options.max_batch_values == 0 || options.max_batch_bytes == 0)
+    return Status::InvalidArgument("redis tier: max_batch_values and max_batch_bytes must be > 0");
+  if (options.op_timeout.count() <= 0) return Status::InvalidArgument("redis tier: op_timeout must be > 0");
+  RedisClientOptions co;
+  co.mode = options.mode;
+  co.seeds = options.seeds;
+  co.username = options.username;
+  co.password = options.password;
+  co.pool_size = options.pool_size;
+  co.connect_timeout = options.connect_timeout;
+  co.max_rounds = options.max_rounds;
+  Result<std::unique_ptr<RedisClient>> client = RedisClient::Open(co);
+  if (!client.ok()) return client.status().WithContext("redis tier: ");
+  // Credentials are checked now: a wrong password is a configuration error, not an outage.
+  Status ping = (*client)->Ping(RedisClock::now() + options.connect_timeout);
+  if (!ping.ok() && ping.code() == Status::Code::kInvalidArgument) return ping.WithContext("redis tier: ");
+  return std::unique_ptr<RedisTier>(new RedisTier(options, std::move(*client)));
+}
+
+RedisDeadline RedisTier::DeadlineOr(RedisDeadline d) const {
+  return d == RedisDeadline{} ? RedisClock::now() + options_.op_timeout : d;
+}
+
+std::string RedisTier::KeyFor(const NamespaceId& ns, const ChunkKey& key) const {
+  return options_.key_prefix + ":" + ns.ToHex() + ":" + key.ToHex();
+}
+
+void RedisTier::Run(std::span<RedisCommand> commands, std::span<const uint64_t> value_bytes, RedisDeadline deadline) {
+  size_t begin = 0;
+  while (begin < commands.size()) {
+    size_t end = begin;
+    uint64_t bytes = 0;
+    while (end < commands.size() && end - begin < options_.max_batch_values &&
+           (end == begin || bytes + value_bytes[end] <= options_.max_batch_bytes))
+      bytes += value_bytes[end++];
+    (void)client_->Execute(commands.subspan(begin, end - begin), deadline);
+    begin = end;
+  }
+}
+
+Status RedisTier::Put(std::span<RedisPutItem> items, RedisDeadline deadline) {
+  deadline = DeadlineOr(deadline);
+  puts_.fetch_add(items.size(), std::memory_order_relaxed);
+  CircuitBreaker::Decision d = breaker_.Allow();
+  if (d == CircuitBreaker::Decision::kReject) {
+    for (RedisPutItem& it : items) {
+      it.result = RedisItemResult::kUnavailable;
+      it.status = Status::Busy("redis tier: circuit breaker open; save dropped");
+    }
+    breaker_.CountDroppedSaves(items.size());
+    unavailable_.fetch_add(items.size(), std::memory_order_relaxed);
+    return items.empty() ? Status::OK() : items[0].status;
+  }
+  const std::string ttl = std::to_string(options_.ttl_seconds);
+  std::vector<std::array<uint8_t, kChunkHeaderBytes>> headers(items.size());
+  std::vector<std::vector<uint8_t>> compressed(items.size());
+  std::vector<std::string> keys(items.size());
+  std::vector<RedisCommand> cmds;
+  std::vector<size_t> owner;  // item index of each command
+  std::vector<uint64_t> value_bytes;
+  cmds.reserve(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    RedisPutItem& it = items[i];
+    it.status = Status::OK();
+    Result<ChunkHeader> h = it.header.size() == kChunkHeaderBytes
+                                ? DecodeChunkHeader(it.header)
+                                : Result<ChunkHeader>(Status::InvalidArgument("header is not 128 bytes"));
+    if (h.ok() && !(h->ns == it.ns && h->key == it.key))
+      h = Status::InvalidArgument("header names another chunk than the item");
+    if (h.ok() && h->codec != Codec::kNone) h = Status::InvalidArgument("header must describe a raw payload");
+    if (h.ok() && it.payload.size() != h->raw_bytes)
+      h = Status::InvalidArgument("payload is " + std::to_string(it.payload.size()) + " bytes, header says " +
+                                  std::to_string(h->raw_bytes));
+    if (!h.ok()) {
+      it.result = RedisItemResult::kInvalid;
+      it.status = h.status().WithContext("redis tier put: ");
+      continue;
+    }
+    ChunkHeader hh = *h;
+    std::span<const uint8_t> stored = it.payload;
+    if (options_.compression == RedisCompression::kLz4 && it.payload.size() <= static_cast<size_t>(LZ4_MAX_INPUT_SIZE)) {
+      int bound = LZ4_compressBound(static_cast<int>(it.payload.size()));
+      compressed[i].resize(static_cast<size_t>(bound));
+      int n = LZ4_compress_default(reinterpret_cast<const char*>(it.payload.data()),
+                                   reinterpret_cast<char*>(compressed[i].data()), static_cast<int>(it.payload.size()), bound);
+      if (n > 0 && static_cast<size_t>(n) < it.payload.size()) {
+        stored = std::span<const uint8_t>(compressed[i].data(), static_cast<size_t>(n));
+        hh.codec = Codec::kLz4;
+      }
+    }
+    // A raw payload whose header already carries its checksum (a host slot's) keeps it: a
+    // wrong one makes every read a miss, never wrong bytes.
+    const bool reuse = hh.codec == Codec::kNone && (h->flags & kFlagChecksum) != 0 && h->payload_bytes == stored.size();
+    if (!reuse) hh.payload_checksum = ChunkChecksum(stored.data(), stored.size());
+    hh.payload_bytes = stored.size();
+    hh.flags |= kFlagChecksum;
+    EncodeChunkHeader(hh, headers[i].data());
+    keys[i] = KeyFor(it.ns, it.key);
+    RedisCommand c;
+    c.key = keys[i];
+    c.args = {RedisArg("SET"), RedisArg(keys[i]), RedisArg(AsChars(headers[i]), AsChars(stored))};
+    if (options_.ttl_seconds > 0) {
+      c.args.emplace_back("EX");
+      c.args.emplace_back(ttl);
+    }
+    cmds.push_back(std::move(c));
+    owner.push_back(i);
+    value_bytes.push_back(kChunkHeaderBytes + stored.size());
+    raw_saved_.fetch_add(it.payload.size(), std::memory_order_relaxed);
+    stored_saved_.fetch_add(stored.size(), std::memory_order_relaxed);
+  }
+  if (cmds.empty()) {
+    if (d == CircuitBreaker::Decision::kProbe) breaker_.AbandonProbe();
+    return items.empty() ? Status::OK() : items[0].status;
+  }
+  Run(cmds, value_bytes, deadline);
+  bool failed = false, timed_out = false;
+  for (size_t k = 0; k < cmds.size(); ++k) {
+    RedisPutItem& it = items[owner[k]];
+    const RedisCommand& c = cmds[k];
+    if (Unanswered(c)) {
+      failed = true;
+      timed_out |= c.status.code() == Status::Code::kTimedOut;
+      it.result = RedisItemResult::kUnavailable;
+      it.status = c.status.ok() ? Status::IOError("redis tier: no reply") : c.status;
+      unavailable_.fetch_add(1, std::memory_order_relaxed);
+    } else if (c.reply->type == RedisReply::Type::kError) {
+      it.result = RedisItemResult::kUnavailable;  // e.g. OOM: the server refused the value
+      it.status = Status::IOError("redis tier put: server said: " + c.reply->str);
+      unavailable_.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      it.result = RedisItemResult::kOk;
+      puts_ok_.fetch_add(1, std::memory_order_relaxed);
+      bytes_out_.fetch_add(value_bytes[k], std::memory_order_relaxed);
+    }
+  }
+  if (failed) breaker_.RecordFailure(timed_out);
+  else breaker_.RecordSuccess();
+  for (const RedisPutItem& it : items)
+    if (!it.status.ok()) return it.status;
+  return Status::OK();
+}
+
+void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline) {
+  deadline = DeadlineOr(deadline);
+  gets_.fetch_add(items.size(), std::memory_order_relaxed);
+  CircuitBreaker::Decision d = breaker_.Allow();
+  if (d == CircuitBreaker::Decision::kReject) {
+    for (RedisGetItem& it : items) {
+      it.result = RedisItemResult::kUnavailable;
+      it.status = Status::Busy("redis tier: circuit breaker open; treated as a miss");
+    }
+    unavailable_.fetch_add(items.size(), std::memory_order_relaxed);
+    return;
+  }
+  std::vector<std::string> keys(items.size());
+  std::vector<ChunkSink> sinks;
+  sinks.reserve(items.size());
+  std::vector<RedisCommand> cmds;
+  std::vector<size_t> owner;
+  std::vector<uint64_t> value_bytes;
+  for (size_t i = 0; i < items.size(); ++i) {
+    RedisGetItem& it = items[i];
+    sinks.emplace_back(&it.id, it.dst);
+    if (it.dst.size() != ChunkPayloadBytes(it.id.shape) || (it.dst.data() == nullptr && !it.dst.empty())) {
+      it.result = RedisItemResult::kInvalid;
+      it.status = Status::InvalidArgument("redis tier get: destination is " + std::to_string(it.dst.size()) +
+                                          " bytes, the shape's payload is " + std::to_string(ChunkPayloadBytes(it.id.shape)));
+      continue;
+    }
+    keys[i] = KeyFor(it.id.ns, it.id.key);
+    RedisCommand c;
+    c.key = keys[i];
+    c.args = {RedisArg("GET"), RedisArg(keys[i])};
+    c.sink = &sinks[i];
+    cmds.push_back(std::move(c));
+    owner.push_back(i);
+    value_bytes.push_back(kChunkHeaderBytes + it.dst.size());
+  }
+  if (cmds.empty()) {
+    if (d == CircuitBreaker::Decision::kProbe) breaker_.AbandonProbe();
+    return;
+  }
+  Run(cmds, value_bytes, deadline);
+  bool failed = false, timed_out = false;
+  std::vector<std::string> bad;
+  for (size_t k = 0; k < cmds.size(); ++k) {
+    size_t i = owner[k];
+    RedisGetItem& it = items[i];
+    const RedisCommand& c = cmds[k];
+    const ChunkSink& s = sinks[i];
+    if (Unanswered(c)) {
+      failed = true;
+      timed_out |= c.status.code() == Status::Code::kTimedOut;
+      it.result = RedisItemResult::kUnavailable;
+      it.status = c.status.ok() ? Status::IOError("redis tier: no reply") : c.status;
+      unavailable_.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    const RedisReply& r = *c.reply;
+    if (r.type == RedisReply::Type::kNil) {
+      it.result = RedisItemResult::kNotFound;
+      it.status = Status::NotFound("redis tier: chunk not in Redis");
+      misses_.fetch_add(1, std::memory_order_relaxed);
+    } else if (r.type == RedisReply::Type::kString && s.called()) {
+      bytes_in_.fetch_add(s.bytes(), std::memory_order_relaxed);
+      if (s.status().ok()) {
+        it.result = RedisItemResult::kOk;
+        it.status = Status::OK();
+        hits_.fetch_add(1, std::memory_order_relaxed);
+      } else {
+        it.result = RedisItemResult::kCorruption;
+        it.status = s.status().WithContext("redis tier: " + keys[i] + ": ");
+        corrupt_.fetch_add(1, std::memory_order_relaxed);
+        bad.push_back(keys[i]);
+      }
+    } else if (r.type == RedisReply::Type::kError && r.str.rfind("WRONGTYPE", 0) == 0) {
+      it.result = RedisItemResult::kCorruption;  // something else lives under our key
+      it.status = Status::Corruption("redis tier: " + keys[i] + " holds a non-string value");
+      corrupt_.fetch_add(1, std::memory_order_relaxed);
+      bad.push_back(keys[i]);
+    } else {
+      it.result = RedisItemResult::kUnavailable;
+      it.status = Status::IOError("redis tier get: unexpected reply: " + r.str);
+      unavailable_.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  if (failed) breaker_.RecordFailure(timed_out);
+  else breaker_.RecordSuccess();
+  if (!bad.empty()) DeleteKeys(bad, deadline);
+}
+
+void RedisTier::DeleteKeys(const std::vector<std::string>& keys, RedisDeadline deadline) {
+  // Best effort; a short extra allowance when the call's deadline is already gone.
+  deadline = std::max(deadline, RedisClock::now() + std::chrono::milliseconds(50));
+  std::vector<RedisCommand> cmds(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    cmds[i].key = keys[i];
+    cmds[i].args = {RedisArg("DEL"), RedisArg(keys[i])};
+  }
+  (void)client_->Execute(cmds, deadline);
+  removes_.fetch_add(keys.size(), std::memory_order_relaxed);
+}
+
+void RedisTier::Exists(std::span<RedisExistsItem> items, RedisDeadline deadline) {
+  deadline = DeadlineOr(deadline);
+  exists_probes_.fetch_add(items.size(), std::memory_order_relaxed);
+  for (RedisExistsItem& it : items) it.exists = false;
+  if (items.empty()) return;
+  if (breaker_.Allow() == CircuitBreaker::Decision::kReject) {
+    unavailable_.fetch_add(items.size(), std::memory_order_relaxed);
+    return;
+  }
+  std::vector<std::string> keys(items.size());
+  std::vector<RedisCommand> cmds(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    keys[i] = KeyFor(items[i].ns, items[i].key);
+    cmds[i].key = keys[i];
+    cmds[i].args = {RedisArg("EXISTS"), RedisArg(keys[i])};
+  }
+  // EXISTS replies are tiny: the whole batch is one pipeline per node.
+  (void)client_->Execute(cmds, deadline);
+  bool failed = false, timed_out = false;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (Unanswered(cmds[i])) {
+      failed = true;
+      timed_out |= cmds[i].status.code() == Status::Code::kTimedOut;
+      unavailable_.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    items[i].exists = cmds[i].reply->type == RedisReply::Type::kInteger && cmds[i].reply->integer > 0;
+    if (items[i].exists) exists_hits_.fetch_add(1, std::memory_order_relaxed);
+  }
+  if (failed) breaker_.RecordFailure(timed_out);
+  else breaker_.RecordSuccess();
+}
+
+Status RedisTier::Remove(const NamespaceId& ns, const ChunkKey& key, RedisDeadline deadline) {
+  deadline = DeadlineOr(deadline);
+  if (breaker_.Allow() == CircuitBreaker::Decision::kReject)
+    return Status::Busy("redis tier: circuit breaker open; remove skipped");
+  std::string k = KeyFor(ns, key);
+  RedisCommand c;
+  c.key = k;
+  c.args = {RedisArg("DEL"), RedisArg(k)};
+  Status st = client_->Execute(std::span<RedisCommand>(&c, 1), deadline);
+  if (!st.ok()) {
+    breaker_.RecordFailure(st.code() == Status::Code::kTimedOut);
+    return st;
+  }
+  breaker_.RecordSuccess();
+  removes_.fetch_add(1, std::memory_order_relaxed);
+  if (c.reply->type == RedisReply::Type::kError) return Status::IOError("redis tier remove: server said: " + c.reply->str);
+  return Status::OK();
+}
+
+RedisTierStats RedisTier::Stats() const {
+  RedisTierStats s;
+  s.puts = puts_.load(std::memory_order_relaxed);
+  s.puts_ok = puts_ok_.load(std::memory_order_relaxed);
+  s.gets = gets_.load(std::memory_order_relaxed);
+  s.hits = hits_.load(std::memory_order_relaxed);
+  s.misses = misses_.load(std::memory_order_relaxed);
+  s.corrupt = corrupt_.load(std::memory_order_relaxed);
+  s.exists_probes = exists_probes_.load(std::memory_order_relaxed);
+  s.exists_hits = exists_hits_.load(std::memory_order_relaxed);
+  s.removes = removes_.load(std::memory_order_relaxed);
+  s.unavailable = unavailable_.load(std::memory_order_relaxed);
+  s.bytes_out = bytes_out_.load(std::memory_order_relaxed);
+  s.bytes_in = bytes_in_.load(std::memory_order_relaxed);
+  s.raw_bytes_saved = raw_saved_.load(std::memory_order_relaxed);
+  s.stored_bytes_saved = stored_saved_.load(std::memory_order_relaxed);
+  s.compression_ratio = s.stored_bytes_saved == 0 ? 1.0
+                                                  : static_cast<double>(s.raw_bytes_saved) / static_cast<double>(s.stored_bytes_saved);
+  s.breaker = breaker_.Counters();
+  s.errors = s.breaker.errors;
+  s.timeouts = s.breaker.timeouts;
+  s.client = client_->Stats();
+  return s;
+}
+
+}  // namespace kvtier
