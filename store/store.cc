@@ -67,7 +67,7 @@ struct Counters {
   std::atomic<uint64_t> demotions{0}, write_throughs{0}, promotions{0}, recovered_chunks{0};
   std::atomic<uint64_t> redis_saved{0}, redis_dropped{0}, redis_loaded{0}, redis_probe_hits{0}, redis_misses{0};
   std::atomic<uint64_t> admission_rejected{0}, prefetches{0}, prefetch_skipped{0}, prefetched_chunks{0},
-      planner_skipped{0};
+      planner_skipped{0}, redis_evictions{0};
 };
 
 void Add(std::atomic<uint64_t>& c, uint64_t v) { c.fetch_add(v, std::memory_order_relaxed); }
@@ -152,6 +152,8 @@ struct Store::Impl {
   std::unique_ptr<NvmeTier> nvme;           // null when the NVMe tier is off; reset by Close
   std::unique_ptr<TaskPool> io_pool;        // write-through writers; with nvme; reset by Close
   std::unique_ptr<RedisTier> redis;         // null when the Redis tier is off; reset by Close
+  std::atomic<uint64_t> redis_used{0};      // value bytes of the chunks indexed as in Redis
+  std::vector<std::pair<NamespaceId, ChunkKey>> redis_garbage;  // to DEL (capacity); guarded by placement_mu
 
   std::mutex placement_mu;
 
@@ -198,7 +200,10 @@ struct Store::Impl {
   std::vector<std::pair<std::shared_ptr<NamespaceState>, LeafCandidate>> LruLeaves(TierId tier,
                                                                                    size_t per_namespace);
   Result<NvmeExtent> AllocateExtent(uint64_t payload_bytes);  // requires placement_mu
-  void FreeRemoved(const std::vector<RemovedChunk>& removed);  // requires placement_mu
+  void FreeRemoved(NamespaceState& ns, const std::vector<RemovedChunk>& removed);  // requires placement_mu
+  void DropRedisCopy(NamespaceState& ns, const ChunkKey& key);  // requires placement_mu
+  void DeleteRedisGarbage();
+  bool MakeRoomInRedis(uint64_t bytes);
   void Demote(std::unique_lock<std::mutex>& placement, NamespaceState& ns, const ChunkKey& key);
   class WritePipe;
   bool HandToNvme(WritePipe& pipe, NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t i,
@@ -358,7 +363,7 @@ Result<SlotId> Store::Impl::AllocateSlot(uint64_t payload_bytes) {
       if (c.code() == Status::Code::kBusy || c.IsNotFound()) continue;  // pinned, or gone meanwhile
       if (!c.ok()) return c.WithContext("host tier eviction: ");
       if (host->Remove(victim.key)) Add(n.evictions, 1);
-      FreeRemoved(removed);
+      FreeRemoved(*ns, removed);
       evicted = true;
       break;
     }
@@ -368,10 +373,11 @@ Result<SlotId> Store::Impl::AllocateSlot(uint64_t payload_bytes) {
   }
 }
 
-void Store::Impl::FreeRemoved(const std::vector<RemovedChunk>& removed) {
+void Store::Impl::FreeRemoved(NamespaceState& ns, const std::vector<RemovedChunk>& removed) {
   for (const RemovedChunk& rc : removed) {
     if (rc.residency & TierBit(TierId::kHost)) host->Remove(rc.key);
     if (nvme && (rc.residency & TierBit(TierId::kNvme))) nvme->Remove(rc.key);
+    if (redis && (rc.residency & TierBit(TierId::kRedis))) DropRedisCopy(ns, rc.key);
   }
 }
 
@@ -387,7 +393,7 @@ Result<NvmeExtent> Store::Impl::AllocateExtent(uint64_t payload_bytes) {
       if (c.code() == Status::Code::kBusy || c.IsNotFound()) continue;
       if (!c.ok()) return c.WithContext("nvme tier eviction: ");
       nvme->Remove(victim.key);
-      FreeRemoved(removed);
+      FreeRemoved(*ns, removed);
       evicted = true;
       break;
     }
@@ -652,14 +658,66 @@ void Store::Impl::SaveToRedis(NamespaceState& ns, std::span<const ChunkKey> keys
     items.push_back(it);
   }
   if (items.empty()) return;
+  const uint64_t value_bytes = kChunkHeaderBytes + ns.payload_bytes;
+  if (!MakeRoomInRedis(items.size() * value_bytes)) {
+    Add(n.redis_dropped, items.size());
+    DeleteRedisGarbage();
+    return;
+  }
+  DeleteRedisGarbage();
   (void)redis->Put(items, RedisDeadlineIn(config.redis.op_timeout_ms));
   for (const RedisPutItem& it : items) {
     if (it.result == RedisItemResult::kOk && ns.index.SetResident(it.key, TierId::kRedis).ok()) {
       Add(n.redis_saved, 1);
+      Add(redis_used, value_bytes);
     } else {
       Add(n.redis_dropped, 1);
     }
   }
+}
+
+// Our accounting forgets key's Redis copy; with a capacity the value is deleted too (by
+// DeleteRedisGarbage, outside the placement lock).
+void Store::Impl::DropRedisCopy(NamespaceState& ns, const ChunkKey& key) {
+  const uint64_t b = kChunkHeaderBytes + ns.payload_bytes;
+  uint64_t cur = redis_used.load(std::memory_order_relaxed);
+  while (!redis_used.compare_exchange_weak(cur, cur > b ? cur - b : 0, std::memory_order_relaxed)) {
+  }
+  if (config.redis.capacity_bytes > 0) redis_garbage.emplace_back(ns.id, key);
+}
+
+void Store::Impl::DeleteRedisGarbage() {
+  std::vector<std::pair<NamespaceId, ChunkKey>> g;
+  {
+    std::lock_guard<std::mutex> l(placement_mu);
+    g.swap(redis_garbage);
+  }
+  for (const auto& [id, key] : g) (void)redis->Remove(id, key, RedisDeadlineIn(config.redis.op_timeout_ms));
+}
+
+// With redis.capacity_bytes: evicts LRU Redis leaves (from the index; their values are
+// queued for DEL) until `bytes` more fit. False when they cannot.
+bool Store::Impl::MakeRoomInRedis(uint64_t bytes) {
+  const uint64_t cap = config.redis.capacity_bytes;
+  if (cap == 0) return true;
+  if (bytes > cap) return false;
+  std::lock_guard<std::mutex> l(placement_mu);
+  std::vector<RemovedChunk> removed;
+  while (redis_used.load(std::memory_order_relaxed) + bytes > cap) {
+    bool evicted = false;
+    for (auto& [ns, victim] : LruLeaves(TierId::kRedis, kEvictionCandidates)) {
+      removed.clear();
+      Status c = ns->index.ClearResident(victim.key, TierId::kRedis, &removed, /*if_unpinned=*/true);
+      if (!c.ok()) continue;  // pinned, or gone meanwhile
+      if (removed.empty() || removed[0].key != victim.key) DropRedisCopy(*ns, victim.key);
+      FreeRemoved(*ns, removed);
+      Add(n.redis_evictions, 1);
+      evicted = true;
+      break;
+    }
+    if (!evicted) return false;
+  }
+  return true;
 }
 
 // Like Demote, to Redis: placement held on entry and exit, released for the I/O.
@@ -718,7 +776,11 @@ size_t Store::Impl::FetchFromRedis(NamespaceState& ns, const std::vector<ChunkKe
 void Store::Impl::ForgetRedisCopy(NamespaceState& ns, const ChunkKey& key) {
   std::lock_guard<std::mutex> l(placement_mu);
   std::vector<RemovedChunk> removed;
-  if (ns.index.ClearResident(key, TierId::kRedis, &removed, /*if_unpinned=*/false).ok()) FreeRemoved(removed);
+  std::optional<TierMask> r = ns.index.Residency(key);
+  if (!r || (*r & TierBit(TierId::kRedis)) == 0) return;
+  if (!ns.index.ClearResident(key, TierId::kRedis, &removed, /*if_unpinned=*/false).ok()) return;
+  if (removed.empty() || removed[0].key != key) DropRedisCopy(ns, key);  // else FreeRemoved does
+  FreeRemoved(ns, removed);
 }
 
 // A lookup that missed locally from keys[from] on: asks Redis (one pipelined round trip,
@@ -741,6 +803,7 @@ size_t Store::Impl::ProbeRedis(NamespaceState& ns, const std::vector<ChunkKey>& 
     std::optional<ChunkKey> parent;
     if (i > 0) parent = keys[i - 1];
     if (!ns.index.Insert(parent, keys[i], TierId::kRedis).ok()) break;  // the parent went meanwhile
+    Add(redis_used, kChunkHeaderBytes + ns.payload_bytes);
   }
   Add(n.redis_probe_hits, indexed);
   return indexed;
@@ -751,7 +814,7 @@ void Store::Impl::DropChunk(NamespaceState& ns, const ChunkKey& key) {
   std::lock_guard<std::mutex> l(placement_mu);
   std::vector<RemovedChunk> removed;
   if (!ns.index.Erase(key, &removed).ok()) return;  // pinned by another load: it will see the same
-  FreeRemoved(removed);
+  FreeRemoved(ns, removed);
 }
 
 void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, const std::vector<int32_t>& blocks,
@@ -996,7 +1059,7 @@ void Store::Impl::SettleBringUp(NamespaceState& ns, const BringUpResult& b) {
   if (b.lost_on_nvme) {  // its record is gone (dropped as corrupt, or missing): so is its NVMe residency
     std::lock_guard<std::mutex> l(placement_mu);
     std::vector<RemovedChunk> removed;
-    if (ns.index.ClearResident(*b.lost_on_nvme, TierId::kNvme, &removed).ok()) FreeRemoved(removed);
+    if (ns.index.ClearResident(*b.lost_on_nvme, TierId::kNvme, &removed).ok()) FreeRemoved(ns, removed);
   }
 }
 
@@ -1483,6 +1546,8 @@ StoreStats Store::Stats() const {
   o.redis_loaded_chunks = g(s.n.redis_loaded);
   o.redis_probe_hits = g(s.n.redis_probe_hits);
   o.redis_misses = g(s.n.redis_misses);
+  o.redis_evictions = g(s.n.redis_evictions);
+  o.redis_used_bytes = g(s.redis_used);
   o.admission_rejected_chunks = g(s.n.admission_rejected);
   o.prefetches = g(s.n.prefetches);
   o.prefetch_skipped = g(s.n.prefetch_skipped);

@@ -213,6 +213,31 @@ TEST_F(RedisStore, HostEvictionLeavesChunksLoadableFromRedis) {
   EXPECT_EQ(st.redis_breaker, "closed");
 }
 
+// redis.capacity_bytes bounds what this Store keeps in Redis: its least recently used
+// Redis leaves are deleted.
+TEST_F(RedisStore, CapacityEvictsLeastRecentlyUsed) {
+  RedisServer server;
+  ASSERT_TRUE(server.Start(dir()));
+  Client c;
+  StoreConfig config = RedisStoreConfig({server.addr()}, 64);
+  config.redis.capacity_bytes = 6 * (kChunkHeaderBytes + kPayloadBytes);
+  OPEN_OR_FAIL(store, config, &c);
+  for (uint32_t p = 0; p < 10; ++p) ASSERT_TRUE(c.Save(500 + p, 1).status.ok());
+  const StoreStats st = store->Stats();
+  EXPECT_EQ(st.redis_saved_chunks, 10u);
+  EXPECT_EQ(st.redis_evictions, 4u);
+  EXPECT_LE(st.redis_used_bytes, config.redis.capacity_bytes);
+  EXPECT_EQ(server.Cli({"DBSIZE"}), "6");
+  // A chunk bigger than the whole capacity is not written.
+  StoreConfig tiny = config;
+  tiny.redis.capacity_bytes = kPayloadBytes / 2;
+  tiny.redis.key_prefix = "kvt-tiny";
+  Client t;
+  OPEN_OR_FAIL(store2, tiny, &t);
+  ASSERT_TRUE(t.Save(600, 1).status.ok());
+  EXPECT_EQ(store2->Stats().redis_dropped_saves, 1u);
+}
+
 // Bytes changed in Redis: the chunk is a miss (the rest of the prompt with it), the key is
 // deleted, nothing wrong reaches the engine.
 TEST_F(RedisStore, CorruptValueIsAMiss) {

@@ -76,6 +76,10 @@ struct RedisConfig {
   uint32_t ttl_seconds = 0;             // 0: chunks do not expire
   bool lz4 = false;                     // compress values (the benchmark reports ratio and cost)
   std::string key_prefix = "kvt";
+  // Bytes of values this Store keeps in Redis (header + payload of the chunks its index
+  // holds there, its own and those it found); beyond, it deletes its least recently used
+  // Redis leaves. 0: no limit of its own (Redis's maxmemory and the TTL decide).
+  uint64_t capacity_bytes = 0;
   // kWriteThrough: every save also goes to Redis (within the save's ticket, best effort:
   // a failed Redis write does not fail the save). kWriteBack: chunks go to Redis when host
   // eviction takes them. kNone: read only (lookups probe, loads read).
@@ -202,6 +206,8 @@ struct StoreStats {
   uint64_t redis_skipped = 0;           // items skipped while the breaker was open
   uint64_t redis_bytes_out = 0;
   uint64_t redis_bytes_in = 0;
+  uint64_t redis_used_bytes = 0;        // value bytes of the chunks indexed as in Redis
+  uint64_t redis_evictions = 0;         // chunks deleted to stay within redis.capacity_bytes
 };
 
 class TicketState;
