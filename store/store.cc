@@ -194,6 +194,14 @@ struct Store::Impl {
   Result<std::shared_ptr<CopyRequest>> MakeCopyRequest(NamespaceHandle h, std::span<const int32_t> tokens,
                                                        std::span<const int32_t> block_ids,
                                                        std::span<const ExtraKey> extra_keys, bool keep_tokens);
+  // The registration of h and the chunk keys of tokens, for calls that name no blocks.
+  Status ResolveKeys(NamespaceHandle h, std::span<const int32_t> tokens, std::span<const ExtraKey> extras,
+                     std::shared_ptr<Registration>* reg, std::vector<ChunkKey>* keys) const {
+    Result<std::shared_ptr<Registration>> r = Find(h);
+    if (!r.ok()) return r.status();
+    *reg = std::move(*r);
+    return PrepareRequest(**reg, tokens, {}, extras, false, keys);
+  }
   Status PrepareRequest(const Registration& r, std::span<const int32_t> tokens, std::span<const int32_t> block_ids,
                         std::span<const ExtraKey> extras, bool need_blocks, std::vector<ChunkKey>* keys) const;
   Result<SlotId> AllocateSlot(uint64_t payload_bytes);
@@ -1287,11 +1295,10 @@ Result<LookupResult> Store::Lookup(NamespaceHandle h, std::span<const int32_t> t
                                    std::span<const ExtraKey> extra_keys, const LookupOptions& options) {
   Impl& s = *impl_;
   KVTIER_OPEN_GUARD(s);
-  Result<std::shared_ptr<Registration>> r = s.Find(h);
-  if (!r.ok()) return r.status();
-  NamespaceState& ns = *(*r)->ns;
+  std::shared_ptr<Registration> reg;
   std::vector<ChunkKey> keys;
-  KVTIER_RETURN_IF_ERROR(s.PrepareRequest(**r, tokens, {}, extra_keys, false, &keys));
+  KVTIER_RETURN_IF_ERROR(s.ResolveKeys(h, tokens, extra_keys, &reg, &keys));
+  NamespaceState& ns = *reg->ns;
   if (s.seen) s.seen->Ask(keys);
   std::vector<TierMask> residency;
   size_t m = ns.index.Match(keys, MatchOptions{}, &residency);
@@ -1332,7 +1339,7 @@ Result<LookupResult> Store::Lookup(NamespaceHandle h, std::span<const int32_t> t
       const auto deadline = std::chrono::steady_clock::now() + options.prefetch_deadline;
       Add(s.n.prefetches, 1);
       out.prefetch_id = id;
-      s.Enqueue([&s, reg = *r, keys = std::move(keys), deadline, t, id](bool abort) {
+      s.Enqueue([&s, reg, keys = std::move(keys), deadline, t, id](bool abort) {
         if (abort) {
           reg->ns->index.Unpin(keys);
           t->Finish(Status::Cancelled("prefetch: store closed before it ran"), 0);
@@ -1388,11 +1395,10 @@ Result<uint32_t> Store::PinPrefix(NamespaceHandle h, std::span<const int32_t> to
                                   std::span<const ExtraKey> extra_keys) {
   Impl& s = *impl_;
   KVTIER_OPEN_GUARD(s);
-  Result<std::shared_ptr<Registration>> r = s.Find(h);
-  if (!r.ok()) return r.status();
+  std::shared_ptr<Registration> reg;
   std::vector<ChunkKey> keys;
-  KVTIER_RETURN_IF_ERROR(s.PrepareRequest(**r, tokens, {}, extra_keys, false, &keys));
-  NamespaceState* ns = (*r)->ns.get();
+  KVTIER_RETURN_IF_ERROR(s.ResolveKeys(h, tokens, extra_keys, &reg, &keys));
+  NamespaceState* ns = reg->ns.get();
   MatchOptions mo;
   mo.pin = true;
   std::lock_guard<std::mutex> l(s.sticky_mu);
@@ -1404,11 +1410,10 @@ Result<uint32_t> Store::PinPrefix(NamespaceHandle h, std::span<const int32_t> to
 Status Store::UnpinPrefix(NamespaceHandle h, std::span<const int32_t> tokens, std::span<const ExtraKey> extra_keys) {
   Impl& s = *impl_;
   KVTIER_OPEN_GUARD(s);
-  Result<std::shared_ptr<Registration>> r = s.Find(h);
-  if (!r.ok()) return r.status();
+  std::shared_ptr<Registration> reg;
   std::vector<ChunkKey> keys;
-  KVTIER_RETURN_IF_ERROR(s.PrepareRequest(**r, tokens, {}, extra_keys, false, &keys));
-  NamespaceState* ns = (*r)->ns.get();
+  KVTIER_RETURN_IF_ERROR(s.ResolveKeys(h, tokens, extra_keys, &reg, &keys));
+  NamespaceState* ns = reg->ns.get();
   std::lock_guard<std::mutex> l(s.sticky_mu);
   for (const ChunkKey& k : keys) {
     auto it = s.sticky.find({ns, k.lo, k.hi});
