@@ -231,6 +231,9 @@ struct Store::Impl {
   void DemoteToRedis(std::unique_lock<std::mutex>& placement, NamespaceState& ns, const ChunkKey& key);
   size_t FetchFromRedis(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t from, size_t to,
                         std::vector<SlotId>* slots, Status* st, std::optional<ChunkKey>* gone);
+  size_t FetchFromNvme(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t from, size_t to,
+                       std::vector<SlotId>* slots, Status* st, std::optional<ChunkKey>* gone);
+  std::optional<TierId> SourceTier(NamespaceState& ns, const ChunkKey& key) const;
   void ForgetRedisCopy(NamespaceState& ns, const ChunkKey& key);
   size_t ProbeRedis(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t from);
   Status Recover();
@@ -340,8 +343,10 @@ std::vector<std::pair<std::shared_ptr<NamespaceState>, LeafCandidate>> Store::Im
   return out;
 }
 
-// Redis-only chunks a load fetches in one pipelined round trip.
-constexpr size_t kRedisBatchChunks = 16;
+// Chunks a load reads from one lower tier in one batch (one I/O queue, or one pipelined
+// Redis round trip), and the most bytes such a batch holds in host slots at once.
+constexpr size_t kBatchChunks = 16;
+constexpr uint64_t kBatchBytes = 256ull << 20;
 
 // How many eviction candidates to look at per namespace before giving up: a candidate is
 // passed over when it, or a chunk below it that would go with it, is pinned.
@@ -739,6 +744,49 @@ void Store::Impl::DemoteToRedis(std::unique_lock<std::mutex>& placement, Namespa
   ns.index.Unpin(std::span<const ChunkKey>(&k, 1));
 }
 
+// Where a chunk not in host is read from: NVMe if it is there, else Redis.
+std::optional<TierId> Store::Impl::SourceTier(NamespaceState& ns, const ChunkKey& key) const {
+  std::optional<TierMask> r = ns.index.Residency(key);
+  if (!r) return std::nullopt;
+  if (nvme && (*r & TierBit(TierId::kNvme))) return TierId::kNvme;
+  if (redis && (*r & TierBit(TierId::kRedis))) return TierId::kRedis;
+  return std::nullopt;
+}
+
+// Like FetchFromRedis, from NVMe: the chunks' reads share one I/O queue.
+size_t Store::Impl::FetchFromNvme(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t from, size_t to,
+                                  std::vector<SlotId>* slots, Status* st, std::optional<ChunkKey>* gone) {
+  slots->clear();
+  for (size_t i = from; i < to; ++i) {
+    Result<SlotId> s = AllocateSlot(ns.payload_bytes);
+    if (!s.ok()) {
+      if (i == from) *st = s.status();
+      break;
+    }
+    slots->push_back(*s);
+  }
+  std::vector<NvmeTier::ReadItem> items(slots->size());
+  for (size_t j = 0; j < items.size(); ++j) {
+    items[j].key = keys[from + j];
+    items[j].id = ChunkIdentity{ns.id, keys[from + j], ns.spec.shape};
+    items[j].dst = host->SlotAddress((*slots)[j]);
+    items[j].dst_bytes = (*slots)[j].bytes;
+  }
+  if (!items.empty()) nvme->ReadMany(items);
+  size_t ok = 0;
+  while (ok < items.size() && items[ok].status.ok()) ++ok;
+  if (ok < items.size()) {
+    const Status& bad = items[ok].status;
+    for (size_t j = ok; j < items.size(); ++j)  // the tier dropped each of them: count each
+      if (items[j].status.IsCorruption()) Add(n.corrupt_chunks, 1);
+    if (bad.IsCorruption() || bad.IsNotFound()) *gone = keys[from + ok];
+    *st = bad.WithContext("chunk " + std::to_string(from + ok) + ": ");
+    for (size_t j = ok; j < slots->size(); ++j) host->Free((*slots)[j]);
+    slots->resize(ok);
+  }
+  return ok;
+}
+
 // Reads keys[from, to) (indexed in Redis, pinned by the caller) into fresh host slots, in
 // one pipelined batch. Returns how many leading chunks arrived intact; their slots are in
 // *slots (not published), the rest are freed. *st says why the run stopped early, and
@@ -749,7 +797,7 @@ size_t Store::Impl::FetchFromRedis(NamespaceState& ns, const std::vector<ChunkKe
   for (size_t i = from; i < to; ++i) {
     Result<SlotId> s = AllocateSlot(ns.payload_bytes);
     if (!s.ok()) {
-      if (i == from) *st = s.status().WithContext("load: ");
+      if (i == from) *st = s.status();
       break;
     }
     slots->push_back(*s);
@@ -772,7 +820,7 @@ size_t Store::Impl::FetchFromRedis(NamespaceState& ns, const std::vector<ChunkKe
       *gone = keys[from + ok];
     *st = (bad.status.ok() ? Status::IOError(std::string("redis: ") + RedisItemResultName(bad.result))
                            : bad.status)
-              .WithContext("load: chunk " + std::to_string(from + ok) + " from redis: ");
+              .WithContext("chunk " + std::to_string(from + ok) + " from redis: ");
     for (size_t j = ok; j < slots->size(); ++j) host->Free((*slots)[j]);
     slots->resize(ok);
   }
@@ -930,8 +978,8 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
 
 // Brings keys[0, matched) (pinned by the caller) into host slots, in order: chunks in host
 // already are used where they are; a chunk that another load or prefetch is bringing up
-// is waited for; the others are read from NVMe, or from Redis in pipelined batches, into
-// fresh slots, verified, and published in host (promotion). Every slot's header is
+// is waited for; the others are read from NVMe or Redis — runs of chunks from one tier in
+// one batch — into fresh slots, verified, and published in host (promotion). Every slot's header is
 // checked against the chunk it should hold. Stops at the first chunk that cannot be had,
 // or when stop() says so; returns the slots of the leading chunks it got.
 std::vector<SlotId> Store::Impl::BringUp(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t matched,
@@ -939,12 +987,15 @@ std::vector<SlotId> Store::Impl::BringUp(NamespaceState& ns, const std::vector<C
   const ChunkIdentity identity{ns.id, {}, ns.spec.shape};
   std::vector<SlotId> slots;
   slots.reserve(matched);
-  // Chunks [batch_begin, batch_end) were fetched from Redis in one batch into batch_slots,
-  // claimed in `inflight` until published.
+  // Chunks [batch_begin, batch_end) were fetched from batch_tier in one batch into
+  // batch_slots, claimed in `inflight` until published.
   std::vector<SlotId> batch_slots;
   size_t batch_begin = 0, batch_end = 0;
+  TierId batch_tier = TierId::kHost;
+  bool batch_short = false;  // the batch stopped at a chunk it could not get: so does the run
   size_t i = 0;
   for (; i < matched; ++i) {
+    if (i >= batch_end && batch_short) break;  // out->status says why
     if (i >= batch_end && stop()) {
       out->status = Status::Cancelled("cancelled after " + std::to_string(i) + " of " + std::to_string(keys.size()) +
                                       " chunks");
@@ -954,7 +1005,7 @@ std::vector<SlotId> Store::Impl::BringUp(NamespaceState& ns, const std::vector<C
     TierId from = TierId::kHost;
     if (i < batch_end) {
       slot = batch_slots[i - batch_begin];
-      from = TierId::kRedis;
+      from = batch_tier;
     } else {
       // In host, or being brought up by another load or prefetch (wait for it), or ours
       // to read once claimed.
@@ -969,54 +1020,31 @@ std::vector<SlotId> Store::Impl::BringUp(NamespaceState& ns, const std::vector<C
         slot = host->Find(keys[i]);
       }
     }
-    if (!slot) {  // ours to read, claimed
-      std::optional<TierMask> res = ns.index.Residency(keys[i]);
-      const bool on_nvme = nvme && res && (*res & TierBit(TierId::kNvme));
-      const bool on_redis = redis && res && (*res & TierBit(TierId::kRedis));
-      if (!on_nvme && on_redis) {
-        // In Redis only: this chunk and the Redis-only ones after it, in one round trip.
-        size_t to = i + 1;
-        for (; to < matched && to - i < kRedisBatchChunks && !host->Find(keys[to]); ++to) {
-          std::optional<TierMask> rt = ns.index.Residency(keys[to]);
-          if (!rt || (nvme && (*rt & TierBit(TierId::kNvme))) || !(*rt & TierBit(TierId::kRedis))) break;
-          if (!Claim(keys[to])) break;
-        }
-        const auto t0 = std::chrono::steady_clock::now();
-        const size_t got = FetchFromRedis(ns, keys, i, to, &batch_slots, &out->status, &out->lost_on_redis);
-        if (got > 0) rates.Observe(TierId::kRedis, got * ns.payload_bytes, SecondsSince(t0));
-        Release(std::span<const ChunkKey>(keys.data() + i + got, to - i - got));
-        batch_begin = i;
-        batch_end = i + got;
-        if (got == 0) break;
-        slot = batch_slots[0];
-        from = TierId::kRedis;
-      } else if (on_nvme) {
-        Result<SlotId> fresh = AllocateSlot(ns.payload_bytes);
-        if (!fresh.ok()) {
-          Release(std::span<const ChunkKey>(&keys[i], 1));
-          out->status = fresh.status();
-          break;
-        }
-        ChunkIdentity want = identity;
-        want.key = keys[i];
-        const auto t0 = std::chrono::steady_clock::now();
-        Status rs = nvme->Read(keys[i], want, host->SlotAddress(*fresh), fresh->bytes);
-        if (!rs.ok()) {
-          host->Free(*fresh);
-          Release(std::span<const ChunkKey>(&keys[i], 1));
-          if (rs.IsCorruption()) Add(n.corrupt_chunks, 1);
-          if (rs.IsCorruption() || rs.IsNotFound()) out->lost_on_nvme = keys[i];
-          out->status = rs.WithContext("chunk " + std::to_string(i) + ": ");
-          break;
-        }
-        rates.Observe(TierId::kNvme, ns.payload_bytes, SecondsSince(t0));
-        slot = *fresh;
-        from = TierId::kNvme;
-      } else {
+    if (!slot) {  // ours to read, claimed: this chunk and the following ones that only the
+                  // same lower tier holds, in one batch (one queue, or one Redis round trip)
+      const std::optional<TierId> tier = SourceTier(ns, keys[i]);
+      if (!tier) {
         Release(std::span<const ChunkKey>(&keys[i], 1));
         out->status = Status::Internal("chunk " + keys[i].ToHex() + " is indexed but no tier holds it");
         break;
       }
+      const size_t max_batch = std::clamp<uint64_t>(kBatchBytes / ns.payload_bytes, 1, kBatchChunks);
+      size_t to = i + 1;
+      for (; to < matched && to - i < max_batch && !host->Find(keys[to]) && SourceTier(ns, keys[to]) == tier; ++to)
+        if (!Claim(keys[to])) break;
+      const auto t0 = std::chrono::steady_clock::now();
+      const size_t got = *tier == TierId::kNvme
+                             ? FetchFromNvme(ns, keys, i, to, &batch_slots, &out->status, &out->lost_on_nvme)
+                             : FetchFromRedis(ns, keys, i, to, &batch_slots, &out->status, &out->lost_on_redis);
+      if (got > 0) rates.Observe(*tier, got * ns.payload_bytes, SecondsSince(t0));
+      Release(std::span<const ChunkKey>(keys.data() + i + got, to - i - got));
+      batch_begin = i;
+      batch_end = i + got;
+      batch_tier = *tier;
+      batch_short = got < to - i;
+      if (got == 0) break;
+      slot = batch_slots[0];
+      from = *tier;
     }
     // The header is checked on every read: a slot that does not hold this chunk is never served.
     const uint8_t* addr = host->SlotAddress(*slot);

@@ -523,42 +523,76 @@ Status NvmeTier::Commit(std::span<WriteItem> items) {
 }
 
 Status NvmeTier::Read(const ChunkKey& key, const ChunkIdentity& id, uint8_t* dst, uint64_t dst_bytes) {
-  NvmeChunkRecord r;
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    auto it = records_.find(key);
-    if (it == records_.end()) return Status::NotFound("nvme tier: chunk " + key.ToHex() + " is not stored");
-    r = it->second;
-  }
-  if (dst_bytes < r.extent.bytes)
-    return Status::InvalidArgument("nvme tier: read of " + std::to_string(r.extent.bytes) + " bytes into a buffer of " +
-                                   std::to_string(dst_bytes));
+  ReadItem item{key, id, dst, dst_bytes, Status()};
+  ReadMany(std::span<ReadItem>(&item, 1));
+  return item.status;
+}
+
+void NvmeTier::ReadMany(std::span<ReadItem> items) {
+  std::vector<NvmeChunkRecord> recs(items.size());
   std::vector<IoOp> ops;
-  AddOps(r.extent, dst, dst + kChunkPayloadOffset, IoOp::Kind::kRead, &ops);
-  Result<std::unique_ptr<IoQueue>> q = TakeQueue();
-  if (!q.ok()) return q.status();
-  Status io = (*q)->Run(ops);
-  ReturnQueue(std::move(*q));
-  if (!io.ok()) {
-    read_errors_++;
-    return io.WithContext("nvme tier: read: ");
-  }
-  Result<ChunkHeader> h = DecodeChunkHeader(std::span<const uint8_t>(dst, kChunkHeaderBytes));
-  Status v = h.ok() ? CheckChunkIdentity(*h, id) : h.status();
-  if (v.ok() && ((h->flags & kFlagChecksum) == 0 || h->payload_bytes != r.payload_bytes ||
-                 h->payload_checksum != r.payload_checksum))
-    v = Status::Corruption("chunk header disagrees with its metadata record");
-  if (v.ok() && ChunkChecksum(dst + kChunkPayloadOffset, r.payload_bytes) != r.payload_checksum)
-    v = Status::Corruption("payload checksum mismatch");
-  if (v.ok()) return v;
-  corrupt_++;
+  std::vector<size_t> first_op(items.size() + 1);
   {
     std::lock_guard<std::mutex> l(mu_);
-    auto it = records_.find(key);
-    if (it != records_.end() && it->second.extent.offset == r.extent.offset && it->second.extent.file == r.extent.file)
-      DropLocked(key);
+    for (size_t i = 0; i < items.size(); ++i) {
+      auto it = records_.find(items[i].key);
+      items[i].status = it == records_.end()
+                            ? Status::NotFound("nvme tier: chunk " + items[i].key.ToHex() + " is not stored")
+                            : Status::OK();
+      if (it != records_.end()) recs[i] = it->second;
+    }
   }
-  return v.WithContext("nvme tier: chunk " + key.ToHex() + " in " + files_[r.extent.file]->path() + ": ");
+  for (size_t i = 0; i < items.size(); ++i) {
+    first_op[i] = ops.size();
+    ReadItem& it = items[i];
+    if (!it.status.ok()) continue;
+    if (it.dst_bytes < recs[i].extent.bytes) {
+      it.status = Status::InvalidArgument("nvme tier: read of " + std::to_string(recs[i].extent.bytes) +
+                                          " bytes into a buffer of " + std::to_string(it.dst_bytes));
+      continue;
+    }
+    AddOps(recs[i].extent, it.dst, it.dst + kChunkPayloadOffset, IoOp::Kind::kRead, &ops);
+  }
+  first_op[items.size()] = ops.size();
+  if (!ops.empty()) {
+    Result<std::unique_ptr<IoQueue>> q = TakeQueue();
+    if (!q.ok()) {
+      for (ReadItem& it : items)
+        if (it.status.ok()) it.status = q.status();
+      return;
+    }
+    (void)(*q)->Run(ops);  // one queue for the whole batch: its chunks' pieces overlap
+    ReturnQueue(std::move(*q));
+  }
+  for (size_t i = 0; i < items.size(); ++i) {
+    ReadItem& it = items[i];
+    if (!it.status.ok()) continue;
+    for (size_t o = first_op[i]; o < first_op[i + 1]; ++o) {
+      if (ops[o].status.ok()) continue;
+      read_errors_++;
+      it.status = ops[o].status.WithContext("nvme tier: read: ");
+      break;
+    }
+    if (!it.status.ok()) continue;
+    const NvmeChunkRecord& r = recs[i];
+    Result<ChunkHeader> h = DecodeChunkHeader(std::span<const uint8_t>(it.dst, kChunkHeaderBytes));
+    Status v = h.ok() ? CheckChunkIdentity(*h, it.id) : h.status();
+    if (v.ok() && ((h->flags & kFlagChecksum) == 0 || h->payload_bytes != r.payload_bytes ||
+                   h->payload_checksum != r.payload_checksum))
+      v = Status::Corruption("chunk header disagrees with its metadata record");
+    if (v.ok() && ChunkChecksum(it.dst + kChunkPayloadOffset, r.payload_bytes) != r.payload_checksum)
+      v = Status::Corruption("payload checksum mismatch");
+    if (v.ok()) continue;
+    corrupt_++;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      auto rec = records_.find(it.key);
+      if (rec != records_.end() && rec->second.extent.offset == r.extent.offset &&
+          rec->second.extent.file == r.extent.file)
+        DropLocked(it.key);
+    }
+    it.status = v.WithContext("nvme tier: chunk " + it.key.ToHex() + " in " + files_[r.extent.file]->path() + ": ");
+  }
 }
 
 NvmeStats NvmeTier::Stats() const {

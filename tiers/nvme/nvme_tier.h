@@ -133,6 +133,16 @@ class NvmeTier {
   // Reads `key` into dst (a slot: header page then payload, dst_bytes long) and verifies
   // it against `id`. Corruption (record dropped), NotFound, or an I/O error.
   Status Read(const ChunkKey& key, const ChunkIdentity& id, uint8_t* dst, uint64_t dst_bytes);
+  // Read for several chunks at once, their I/O in one queue so that small chunks still keep
+  // it full. Each item's status is what Read would have returned for it.
+  struct ReadItem {
+    ChunkKey key;
+    ChunkIdentity id;
+    uint8_t* dst;
+    uint64_t dst_bytes;
+    Status status;  // out
+  };
+  void ReadMany(std::span<ReadItem> items);
 
   // Forgets key (record deleted without sync; its extent is free for reuse).
   bool Remove(const ChunkKey& key);
