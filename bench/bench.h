@@ -53,9 +53,19 @@ class Report {
 int RunBenchTiers(const std::vector<std::string>& argv);
 int RunBenchIndex(const std::vector<std::string>& argv);
 int RunBenchTiersNvme(const std::vector<std::string>& argv);
+// The Store with a Redis tier against raw pipelined SET/GET (bench_tiers_redis.cc).
+int RunBenchTiersRedis(const std::vector<std::string>& argv);
 int RunBenchRestart(const std::vector<std::string>& argv);
+// Offload versus recompute: load time per tier measured through the Store, next to modeled
+// prefill on GPU profiles, per model profile and context length (docs/recompute.md).
+int RunBenchRecompute(const std::vector<std::string>& argv);
 // The Mover's CUDA kernels against cudaMemcpyAsync; exits 2 where CUDA is not built or no device.
 int RunBenchKernels(const std::vector<std::string>& argv);
+// RedisTier Put/Get straight on the tier next to raw pipelined hiredis SET/GET (bench_redis.cc).
+int RunBenchRedisTierDirect(const std::vector<std::string>& argv);
+// Replays a workload trace (JSONL, Mooncake schema) through the real Store: hit ratio per
+// tier, bytes moved, modeled prefill time saved (bench_trace.cc).
+int RunBenchTrace(const std::vector<std::string>& argv);
 
 }  // namespace kvtier::bench
 

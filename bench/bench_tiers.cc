@@ -51,8 +51,11 @@ double MemcpyLimit(const uint8_t* src, uint64_t src_bytes, uint8_t* dst, uint64_
 int RunBenchTiers(const std::vector<std::string>& argv) {
   // Each tier has its own options: dispatch on --tier before parsing the rest.
   for (size_t i = 0; i < argv.size(); ++i) {
-    if ((argv[i] == "--tier" && i + 1 < argv.size() && argv[i + 1] == "nvme") || argv[i] == "--tier=nvme")
-      return RunBenchTiersNvme(argv);
+    const std::string t = argv[i] == "--tier" && i + 1 < argv.size() ? argv[i + 1]
+                          : argv[i].rfind("--tier=", 0) == 0       ? argv[i].substr(7)
+                                                                   : "";
+    if (t == "nvme") return RunBenchTiersNvme(argv);
+    if (t == "redis") return RunBenchTiersRedis(argv);
   }
   Result<Args> a = Args::Parse(argv,
                                {"tier", "sizes", "seconds", "reps", "host-capacity-mib", "engine-mib", "workers",
@@ -63,11 +66,10 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
     return 2;
   }
   const std::string tier = a->Get("tier", "host");
-  if (tier == "nvme") return RunBenchTiersNvme(argv);
   if (tier != "host") {
     std::fprintf(stderr,
                  "kvtier bench tiers: not supported yet: tier '%s' is not built in this version (available: host, "
-                 "nvme)\n",
+                 "nvme, redis)\n",
                  tier.c_str());
     return 2;
   }

@@ -15,6 +15,18 @@ const char kUsage[] =
     "usage: kvtier <command> [options]\n"
     "\n"
     "commands:\n"
+    "  bench recompute  offload vs recompute: per model profile and context length, load time\n"
+    "                per tier measured through the real Store (host warm, NVMe cold) next to\n"
+    "                modeled prefill on H100/H200; speedup, break-even context, reuse\n"
+    "                probability that pays for storage, end-to-end latency; table + PNG plot\n"
+    "      --models llama3-8b,llama3-70b,qwen3-30b-a3b,mistral-7b,deepseek-v3 (default: all)\n"
+    "      --contexts 1K,2K,...,128K  --tiers host,nvme  --chunk-tokens 256  --measure-mib 512\n"
+    "      --reps 3  --seconds 0.25  --mfu 0.5  --hbm-efficiency 0.8  --gpus N  --gpu-tflops T\n"
+    "      --gpu-cost-per-hour D  --storage-cost-per-gb-hour-{host,nvme} D  --residency-hours 1\n"
+    "      --io 1K/512,16K/512,32K/1K  --measured-prefill-json FILE  --nvme-dir DIR  --buffered\n"
+    "      --plot kvtier-recompute.png | --no-plot  --no-progress  --json\n"
+    "      custom shape: --layers L --kv-heads H --head-dim D --params-b B [--q-heads Q\n"
+    "                    --dtype bf16 --window W --mla --active-params-b B --name N]\n"
     "  bench tiers   save/load throughput of a tier through the real Store, next to the\n"
     "                machine limit measured in the same run (memcpy for the host tier)\n"
     "      --tier host|nvme       tier to measure (redis is not built yet)\n"
@@ -32,6 +44,18 @@ const char kUsage[] =
     "  bench kernels CUDA gather/scatter of batches of chunks (Llama-3-8B shape, 32 MiB chunks)\n"
     "                next to cudaMemcpyAsync of the same bytes; load/save from pinned host memory\n"
     "      --batches 1,4,16  --iters 10  --reps 5  --json   (needs a GPU; exits 2 without one)\n"
+    "  bench redis   the Redis tier's Put/Get (no Store) next to raw pipelined hiredis SET/GET\n"
+    "                of the same value size, connections and depth against the same server\n"
+    "      --redis host:port (default: starts a local redis-server)  --user U --password P\n"
+    "      --sizes 2,8,32  --connections 4  --depth 4  --calls 4  --reps 3  --lz4-mib 8 (0: skip)\n"
+    "      --no-redis-benchmark  --json   (exits 2 when there is no redis-server to start)\n"
+    "  bench trace FILE  replay a workload trace (JSONL: timestamp, input_length, output_length,\n"
+    "                hash_ids, optional round) through the real Store: hit ratio per tier and\n"
+    "                overall, bytes moved per tier, modeled prefill time saved, per round\n"
+    "      --host-capacity-tokens N|inf  (e.g. 1M, 542K; default inf)  --nvme-capacity-tokens N|inf\n"
+    "      --model llama3-8b|llama3-70b|qwen3-8b|mistral-7b|deepseek-v3|tiny  --shape auto|model|tiny\n"
+    "      --max-host-gib 4  --block-tokens B (default: inferred)  --gpu-tflops 400  --compare-host-only\n"
+    "      --nvme-dir DIR  --buffered  --keep  --workers 2  --no-verify  --no-progress  --json\n"
     "  version       print the version\n"
     "  help          this text (also --help, -h)\n";
 
@@ -65,10 +89,13 @@ int main(int argc, char** argv) {
       }
     }
     if (args[1] == "tiers") return kvtier::bench::RunBenchTiers(rest);
+    if (args[1] == "recompute") return kvtier::bench::RunBenchRecompute(rest);
     if (args[1] == "index") return kvtier::bench::RunBenchIndex(rest);
     if (args[1] == "restart") return kvtier::bench::RunBenchRestart(rest);
     if (args[1] == "kernels") return kvtier::bench::RunBenchKernels(rest);
-    std::fprintf(stderr, "kvtier bench: unknown benchmark '%s' (tiers, index, restart, kernels)\n", args[1].c_str());
+    if (args[1] == "redis") return kvtier::bench::RunBenchRedisTierDirect(rest);
+    if (args[1] == "trace") return kvtier::bench::RunBenchTrace(rest);
+    std::fprintf(stderr, "kvtier bench: unknown benchmark '%s' (recompute, tiers, index, restart, kernels, redis, trace)\n", args[1].c_str());
     return 2;
   }
   std::fprintf(stderr, "kvtier: unknown command '%s'; see kvtier --help\n", cmd.c_str());

@@ -2,11 +2,14 @@
 // everything: no exception crosses this edge. Status codes map 1:1 (-code).
 #include "kvtier/kvtier.h"
 
+#include <chrono>
+#include <cstddef>
 #include <cstring>
 #include <memory>
 #include <mutex>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "kvtier/store.h"
 
@@ -75,6 +78,71 @@ Status CheckSize(uint32_t got, size_t want, const char* what) {
                                  "_init() from the kvtier.h this library was built with");
 }
 
+// kvt_store_options as it was before the Redis fields: still accepted.
+constexpr size_t kStoreOptionsV0Size = offsetof(kvt_store_options, redis_addresses);
+
+std::vector<std::string> SplitCommas(const char* list) {
+  std::vector<std::string> out;
+  const std::string all = Str(list);
+  for (size_t start = 0; start <= all.size();) {
+    size_t comma = all.find(',', start);
+    if (comma == std::string::npos) comma = all.size();
+    if (comma > start) out.push_back(all.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
+
+Status CheckPolicy(int32_t p, const char* field) {
+  if (p >= 0 && p <= 2) return Status::OK();
+  return Status::InvalidArgument(std::string("kvt_store_options.") + field + " " + std::to_string(p) +
+                                 " is not a kvt_write_policy");
+}
+
+// One JSON object with every counter (numbers and strings only).
+std::string StatsJson(const kvtier::StoreStats& st) {
+  std::string out = "{";
+  auto num = [&](const char* k, uint64_t v) {
+    if (out.size() > 1) out += ",";
+    out += "\"";
+    out += k;
+    out += "\":" + std::to_string(v);
+  };
+  auto str = [&](const char* k, const std::string& v) {
+    if (out.size() > 1) out += ",";
+    out += "\"";
+    out += k;
+    out += "\":\"";
+    for (char c : v)
+      if (c != '"' && c != '\\' && static_cast<unsigned char>(c) >= 0x20) out += c;
+    out += "\"";
+  };
+#define KVT_NUM(f) num(#f, static_cast<uint64_t>(st.f))
+  KVT_NUM(lookups); KVT_NUM(lookup_hit_chunks); KVT_NUM(lookup_miss_chunks); KVT_NUM(saves);
+  KVT_NUM(saved_chunks); KVT_NUM(save_dedup_chunks); KVT_NUM(save_failed_chunks); KVT_NUM(loads);
+  KVT_NUM(loaded_chunks); KVT_NUM(load_failed_chunks); KVT_NUM(bytes_saved); KVT_NUM(bytes_loaded);
+  KVT_NUM(evictions); KVT_NUM(corrupt_chunks); KVT_NUM(host_capacity_bytes); KVT_NUM(host_used_bytes);
+  KVT_NUM(host_chunks); KVT_NUM(index_chunks); KVT_NUM(index_memory_bytes); KVT_NUM(namespaces);
+  str("huge_pages", st.huge_pages);
+  KVT_NUM(nvme_enabled); KVT_NUM(nvme_capacity_bytes); KVT_NUM(nvme_used_bytes); KVT_NUM(nvme_chunks);
+  KVT_NUM(nvme_corrupt_chunks); KVT_NUM(nvme_dropped_records); KVT_NUM(nvme_write_errors);
+  KVT_NUM(nvme_read_errors); KVT_NUM(demotions); KVT_NUM(write_throughs); KVT_NUM(promotions);
+  KVT_NUM(recovered_chunks); str("nvme_io_backend", st.nvme_io_backend);
+  KVT_NUM(admission_rejected_chunks); KVT_NUM(prefetches); KVT_NUM(prefetch_skipped);
+  KVT_NUM(prefetched_chunks); KVT_NUM(planner_skipped_chunks); KVT_NUM(pinned_chunks);
+  KVT_NUM(redis_enabled); str("redis_breaker", st.redis_breaker); KVT_NUM(redis_saved_chunks);
+  KVT_NUM(redis_dropped_saves); KVT_NUM(redis_loaded_chunks); KVT_NUM(redis_probe_hits); KVT_NUM(redis_misses);
+  KVT_NUM(redis_corrupt_chunks); KVT_NUM(redis_errors); KVT_NUM(redis_timeouts); KVT_NUM(redis_breaker_opens);
+  KVT_NUM(redis_breaker_closes); KVT_NUM(redis_skipped); KVT_NUM(redis_bytes_out); KVT_NUM(redis_bytes_in);
+  KVT_NUM(redis_used_bytes); KVT_NUM(redis_evictions);
+#undef KVT_NUM
+  return out + "}";
+}
+
+// kvt_kv_layout as it was before v_bases: still accepted.
+constexpr size_t kKvLayoutV0Size = offsetof(kvt_kv_layout, v_bases);
+static_assert(kKvLayoutV0Size == 24, "the size callers built before v_bases pass is fixed");
+
 Status SpansOk(const void* p, size_t n, const char* what) {
   if (p == nullptr && n > 0)
     return Status::InvalidArgument(std::string(what) + " is NULL but its length is " + std::to_string(n));
@@ -138,6 +206,18 @@ void kvt_store_options_init(kvt_store_options* o) {
   o->prefault = d.prefault ? 1 : 0;
   o->nvme_queue_depth = d.nvme.queue_depth;
   o->nvme_policy = static_cast<int32_t>(d.nvme.policy);
+  o->redis_policy = static_cast<int32_t>(d.redis.policy);
+  o->redis_op_timeout_ms = d.redis.op_timeout_ms;
+  o->redis_lookup_timeout_ms = d.redis.lookup_timeout_ms;
+  o->planner_enabled = d.planner.enabled ? 1 : 0;
+  o->max_prefetches = d.max_prefetches;
+}
+
+void kvt_lookup_options_init(kvt_lookup_options* o) {
+  if (o == nullptr) return;
+  std::memset(o, 0, sizeof *o);
+  o->struct_size = sizeof *o;
+  o->prefetch_deadline_ms = 10000;
 }
 
 void kvt_namespace_spec_init(kvt_namespace_spec* s) {
@@ -168,9 +248,16 @@ int kvt_store_open(const kvt_store_options* opts, kvt_store** out, char* err, si
     if (out == nullptr) return report(Status::InvalidArgument("out store pointer is NULL"));
     *out = nullptr;
     kvtier::StoreConfig c;
+    kvt_store_options full;
+    kvt_store_options_init(&full);
     if (opts != nullptr) {
-      Status s = CheckSize(opts->struct_size, sizeof *opts, "kvt_store_options");
+      Status s = opts->struct_size == kStoreOptionsV0Size
+                     ? Status::OK()
+                     : CheckSize(opts->struct_size, sizeof *opts, "kvt_store_options");
       if (!s.ok()) return report(s);
+      std::memcpy(&full, opts, opts->struct_size);  // an older caller's missing fields keep their defaults
+      full.struct_size = sizeof full;
+      opts = &full;
       if (opts->huge_pages < 0 || opts->huge_pages > 2)
         return report(Status::InvalidArgument("kvt_store_options.huge_pages " + std::to_string(opts->huge_pages) +
                                               " is not a kvt_huge_pages value"));
@@ -184,19 +271,33 @@ int kvt_store_open(const kvt_store_options* opts, kvt_store** out, char* err, si
           return report(Status::InvalidArgument("kvt_store_options.nvme_policy " +
                                                 std::to_string(opts->nvme_policy) + " is not a kvt_write_policy"));
         c.nvme.enabled = true;
-        std::string paths = opts->nvme_paths;
-        for (size_t start = 0; start <= paths.size();) {
-          size_t comma = paths.find(',', start);
-          if (comma == std::string::npos) comma = paths.size();
-          if (comma > start) c.nvme.paths.push_back(paths.substr(start, comma - start));
-          start = comma + 1;
-        }
+        c.nvme.paths = SplitCommas(opts->nvme_paths);
         c.nvme.capacity_bytes = opts->nvme_capacity_bytes;
         c.nvme.metadata_dir = Str(opts->nvme_metadata_dir);
         c.nvme.queue_depth = opts->nvme_queue_depth;
         c.nvme.buffered = opts->nvme_buffered != 0;
         c.nvme.policy = static_cast<kvtier::WritePolicy>(opts->nvme_policy);
       }
+      if (opts->redis_addresses != nullptr) {
+        if (Status p = CheckPolicy(opts->redis_policy, "redis_policy"); !p.ok()) return report(p);
+        c.redis.enabled = true;
+        c.redis.cluster = opts->redis_cluster != 0;
+        c.redis.addresses = SplitCommas(opts->redis_addresses);
+        c.redis.policy = static_cast<kvtier::WritePolicy>(opts->redis_policy);
+        c.redis.username = Str(opts->redis_username);
+        c.redis.password = Str(opts->redis_password);
+        if (opts->redis_key_prefix != nullptr) c.redis.key_prefix = opts->redis_key_prefix;
+        c.redis.op_timeout_ms = opts->redis_op_timeout_ms;
+        c.redis.lookup_timeout_ms = opts->redis_lookup_timeout_ms;
+        c.redis.ttl_seconds = opts->redis_ttl_seconds;
+        c.redis.lz4 = opts->redis_lz4 != 0;
+        c.redis.capacity_bytes = opts->redis_capacity_bytes;
+      }
+      c.planner.enabled = opts->planner_enabled != 0;
+      c.admission.min_tokens = opts->admission_min_tokens;
+      c.admission.nvme_second_hit = opts->admission_nvme_second_hit != 0;
+      c.admission.redis_second_hit = opts->admission_redis_second_hit != 0;
+      c.max_prefetches = opts->max_prefetches;
     }
     kvtier::Result<std::unique_ptr<kvtier::Store>> s = kvtier::Store::Open(c);
     if (!s.ok()) return report(s.status());
@@ -235,8 +336,12 @@ int kvt_namespace_register(kvt_store* store, const kvt_namespace_spec* spec, con
     if (spec == nullptr) return Fail(store, Status::InvalidArgument("namespace spec is NULL"));
     if (layout == nullptr) return Fail(store, Status::InvalidArgument("kv layout is NULL"));
     Status s = CheckSize(spec->struct_size, sizeof *spec, "kvt_namespace_spec");
-    if (s.ok()) s = CheckSize(layout->struct_size, sizeof *layout, "kvt_kv_layout");
-    if (s.ok()) s = SpansOk(layout->layers, layout->num_layers, "kv layout layers");
+    if (!s.ok()) return Fail(store, s);
+    if (layout->struct_size != kKvLayoutV0Size) s = CheckSize(layout->struct_size, sizeof *layout, "kvt_kv_layout");
+    if (!s.ok()) return Fail(store, s);
+    kvt_kv_layout lay{};  // fields an older caller did not have stay zero
+    std::memcpy(&lay, layout, layout->struct_size);
+    s = SpansOk(lay.layers, lay.num_layers, "kv layout layers");
     if (!s.ok()) return Fail(store, s);
     kvtier::NamespaceSpec ns;
     ns.model.name = Str(spec->model_name);
@@ -257,13 +362,14 @@ int kvt_namespace_register(kvt_store* store, const kvt_namespace_spec* spec, con
     ns.shape.tp_size = spec->tp_size;
     ns.shape.mla = spec->mla != 0;
     kvtier::KvMemoryLayout kl;
-    kl.block_tokens = layout->block_tokens;
-    kl.num_blocks = layout->num_blocks;
-    kl.layers.resize(layout->num_layers);
-    for (uint32_t i = 0; i < layout->num_layers; ++i) {
-      const kvt_layer_memory& m = layout->layers[i];
+    kl.block_tokens = lay.block_tokens;
+    kl.num_blocks = lay.num_blocks;
+    kl.layers.resize(lay.num_layers);
+    for (uint32_t i = 0; i < lay.num_layers; ++i) {
+      const kvt_layer_memory& m = lay.layers[i];
       kl.layers[i] = kvtier::KvLayerMemory{m.base,         m.bytes,      m.block_stride, m.token_stride,
-                                           m.head_stride, m.dim_stride, m.kv_offset};
+                                           m.head_stride, m.dim_stride, m.kv_offset,
+                                           lay.v_bases != nullptr ? lay.v_bases[i] : nullptr};
     }
     kvtier::Result<kvtier::NamespaceHandle> h = store->store->RegisterNamespace(ns, kl);
     if (!h.ok()) return Fail(store, h.status());
@@ -313,6 +419,110 @@ int kvt_lookup(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens, cons
   });
 }
 
+int kvt_lookup_ex(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens, const kvt_extra_key* extra,
+                  size_t num_extra, const kvt_lookup_options* opts, kvt_lookup_info* out, uint8_t* chunk_tiers,
+                  size_t chunk_tiers_len) {
+  if (ns == nullptr) return KVT_E_INVALID_ARGUMENT;
+  return Guard(ns, [&]() -> int {
+    if (out == nullptr) return Fail(ns, Status::InvalidArgument("out lookup info is NULL"));
+    Status s = CheckSize(out->struct_size, sizeof *out, "kvt_lookup_info");
+    if (s.ok() && opts != nullptr) s = CheckSize(opts->struct_size, sizeof *opts, "kvt_lookup_options");
+    if (s.ok()) s = SpansOk(tokens, num_tokens, "tokens");
+    if (s.ok()) s = SpansOk(extra, num_extra, "extra_keys");
+    if (s.ok()) s = SpansOk(chunk_tiers, chunk_tiers_len, "chunk_tiers");
+    if (!s.ok()) return Fail(ns, s);
+    std::memset(out, 0, sizeof *out);
+    out->struct_size = sizeof *out;
+    kvtier::LookupOptions lo;
+    if (opts != nullptr) {
+      lo.prefetch = opts->prefetch != 0;
+      lo.prefetch_deadline = std::chrono::milliseconds(opts->prefetch_deadline_ms);
+    }
+    kvtier::Result<kvtier::LookupResult> r = ns->store->Lookup(
+        ns->handle, std::span<const int32_t>(tokens, num_tokens),
+        std::span<const kvtier::ExtraKey>(reinterpret_cast<const kvtier::ExtraKey*>(extra), num_extra), lo);
+    if (!r.ok()) return Fail(ns, r.status());
+    out->matched_chunks = r->matched_chunks;
+    out->matched_tokens = r->matched_tokens;
+    out->total_chunks = r->total_chunks;
+    out->cached_chunks = r->cached_chunks;
+    out->expected_load_seconds = r->expected_load_seconds;
+    out->expected_recompute_seconds = r->expected_recompute_seconds;
+    out->expected_saving_seconds = r->expected_saving_seconds;
+    out->prefetch_id = r->prefetch_id;
+    for (size_t i = 0; chunk_tiers != nullptr && i < chunk_tiers_len && i < r->chunk_tiers.size(); ++i)
+      chunk_tiers[i] = static_cast<uint8_t>(r->chunk_tiers[i]);
+    return KVT_OK;
+  });
+}
+
+int kvt_prefetch_cancel(kvt_namespace* ns, uint64_t prefetch_id) {
+  if (ns == nullptr) return KVT_E_INVALID_ARGUMENT;
+  return Guard(ns, [&]() -> int {
+    Status s = ns->store->CancelPrefetch(prefetch_id);
+    return s.ok() ? KVT_OK : Fail(ns, s);
+  });
+}
+
+int kvt_set_prefill_rate(kvt_namespace* ns, double tokens_per_second) {
+  if (ns == nullptr) return KVT_E_INVALID_ARGUMENT;
+  return Guard(ns, [&]() -> int {
+    Status s = ns->store->SetPrefillRate(ns->handle, tokens_per_second);
+    return s.ok() ? KVT_OK : Fail(ns, s);
+  });
+}
+
+int kvt_report_prefill(kvt_namespace* ns, uint64_t tokens, double seconds) {
+  if (ns == nullptr) return KVT_E_INVALID_ARGUMENT;
+  return Guard(ns, [&]() -> int {
+    Status s = ns->store->ReportPrefill(ns->handle, tokens, seconds);
+    return s.ok() ? KVT_OK : Fail(ns, s);
+  });
+}
+
+int kvt_pin_prefix(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens, const kvt_extra_key* extra,
+                   size_t num_extra, uint32_t* pinned) {
+  if (ns == nullptr) return KVT_E_INVALID_ARGUMENT;
+  return Guard(ns, [&]() -> int {
+    Status s = SpansOk(tokens, num_tokens, "tokens");
+    if (s.ok()) s = SpansOk(extra, num_extra, "extra_keys");
+    if (!s.ok()) return Fail(ns, s);
+    kvtier::Result<uint32_t> r = ns->store->PinPrefix(
+        ns->handle, std::span<const int32_t>(tokens, num_tokens),
+        std::span<const kvtier::ExtraKey>(reinterpret_cast<const kvtier::ExtraKey*>(extra), num_extra));
+    if (!r.ok()) return Fail(ns, r.status());
+    if (pinned != nullptr) *pinned = *r;
+    return KVT_OK;
+  });
+}
+
+int kvt_unpin_prefix(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens, const kvt_extra_key* extra,
+                     size_t num_extra) {
+  if (ns == nullptr) return KVT_E_INVALID_ARGUMENT;
+  return Guard(ns, [&]() -> int {
+    Status s = SpansOk(tokens, num_tokens, "tokens");
+    if (s.ok()) s = SpansOk(extra, num_extra, "extra_keys");
+    if (s.ok())
+      s = ns->store->UnpinPrefix(
+          ns->handle, std::span<const int32_t>(tokens, num_tokens),
+          std::span<const kvtier::ExtraKey>(reinterpret_cast<const kvtier::ExtraKey*>(extra), num_extra));
+    return s.ok() ? KVT_OK : Fail(ns, s);
+  });
+}
+
+int kvt_store_stats_json(kvt_store* store, char* buf, size_t buf_len, size_t* needed) {
+  if (store == nullptr) return KVT_E_INVALID_ARGUMENT;
+  return Guard(store, [&]() -> int {
+    const std::string j = StatsJson(store->store->Stats());
+    if (needed != nullptr) *needed = j.size();
+    if (buf == nullptr || buf_len < j.size() + 1)
+      return Fail(store, Status::InvalidArgument("stats buffer of " + std::to_string(buf_len) + " bytes; " +
+                                                 std::to_string(j.size() + 1) + " needed"));
+    std::memcpy(buf, j.c_str(), j.size() + 1);
+    return KVT_OK;
+  });
+}
+
 int kvt_save(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens, const int32_t* block_ids,
              size_t num_block_ids, const kvt_extra_key* extra, size_t num_extra, kvt_ticket** out) {
   return Submit(ns, tokens, num_tokens, block_ids, num_block_ids, extra, num_extra, out, &kvtier::Store::Save);
@@ -343,6 +553,21 @@ int kvt_ticket_wait(kvt_ticket* t, int64_t timeout_us, uint32_t* chunks_done) {
       return KVT_IN_PROGRESS;
     }
     return TicketResult(t, s, chunks_done);
+  });
+}
+
+int kvt_ticket_wait_layer(kvt_ticket* t, uint32_t layer, int64_t timeout_us, uint32_t* chunks) {
+  if (t == nullptr) return KVT_E_INVALID_ARGUMENT;
+  return Guard(t, [&]() -> int {
+    const std::chrono::nanoseconds timeout =
+        timeout_us < 0 ? std::chrono::nanoseconds(std::chrono::hours(24 * 365)) : std::chrono::microseconds(timeout_us);
+    kvtier::Result<uint32_t> r = t->ticket.WaitLayer(layer, timeout);
+    if (!r.ok()) {
+      if (r.status().code() == Status::Code::kTimedOut) return KVT_IN_PROGRESS;
+      return Fail(t, r.status());
+    }
+    if (chunks != nullptr) *chunks = *r;
+    return KVT_OK;
   });
 }
 

@@ -28,6 +28,9 @@ struct LayerGeometry {
   uint64_t token_stride;
   uint64_t head_stride;
   uint64_t dim_stride;
+  // From a K element to its V element, modulo 2^64. When V has its own region
+  // (KvLayerMemory::v_base) this is v_base - base, which wraps when V lies below K:
+  // base + EngineOffset(l, 1, ...) is still V's address in 64-bit unsigned arithmetic.
   uint64_t kv_offset;
 };
 
@@ -66,7 +69,14 @@ KVTIER_HD uint64_t EngineOffset(const LayerGeometry& l, uint32_t kv, uint64_t bl
          dim * l.dim_stride;
 }
 
-// Last byte (exclusive) any block of this layer touches; must be <= l.bytes.
+// Last byte (exclusive) any block of one of K/V (or the latent) touches, from its origin.
+KVTIER_HD uint64_t EnginePlaneExtent(const LayerGeometry& l, const ChunkGeometry& g) {
+  return EngineOffset(l, 0, g.num_blocks - 1, g.block_tokens - 1, g.num_heads - 1, g.head_dim - 1) + g.elem_bytes;
+}
+
+// Last byte (exclusive) any block of this layer touches when K and V share one region
+// (V kv_offset after K); must be <= l.bytes. A layer whose V has its own region is
+// bounded by EnginePlaneExtent on each side instead.
 KVTIER_HD uint64_t EngineExtent(const LayerGeometry& l, const ChunkGeometry& g) {
   return EngineOffset(l, g.num_kv - 1, g.num_blocks - 1, g.block_tokens - 1, g.num_heads - 1, g.head_dim - 1) +
          g.elem_bytes;

@@ -27,7 +27,8 @@ class Mover {
   // InvalidArgument, naming the field, when: layers.size() != shape.num_layers; a base is
   // null; block_tokens is 0 or does not divide shape.chunk_tokens; num_blocks is 0; a
   // stride is 0 where its dimension has more than one element; a layer's extent
-  // (EngineExtent) exceeds its `bytes`; the dtype is unknown.
+  // (EngineExtent; EnginePlaneExtent from each of base and v_base when V has its own
+  // region) exceeds its `bytes`; a V region overlaps its K region; the dtype is unknown.
   static Result<Mover> Create(const KvShape& shape, const KvMemoryLayout& layout);
 
   const ChunkGeometry& geometry() const { return geom_; }

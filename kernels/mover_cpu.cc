@@ -49,19 +49,25 @@ Result<LayerGeometry> BuildLayer(const KvLayerMemory& m, size_t i, const ChunkGe
   l.token_stride = m.token_stride;
   l.head_stride = m.head_stride;
   l.dim_stride = m.dim_stride;
-  l.kv_offset = g.num_kv == 2 ? m.kv_offset : 0;  // MLA: one latent, kv_offset is ignored
+  // MLA: one latent, kv_offset and v_base are ignored. A separate V region becomes the
+  // distance from K modulo 2^64 (kv_indexing.h), so the copy loops are the same.
+  const bool split = g.num_kv == 2 && m.v_base != nullptr;
+  const uint64_t v_base = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(m.v_base));
+  l.kv_offset = g.num_kv == 2 ? (split ? v_base - l.base : m.kv_offset) : 0;
 
-  if (g.num_kv == 2 && l.kv_offset == 0)
+  if (g.num_kv == 2 && !split && l.kv_offset == 0)
     return Status::InvalidArgument("kv layout: " + LayerField(i, "kv_offset") +
                                    " is 0 but the shape has K and V; set it to the byte distance from a K "
-                                   "element to its V element (or set shape.mla for a latent cache)");
+                                   "element to its V element, or v_base to V's own tensor (or set shape.mla "
+                                   "for a latent cache)");
   KVTIER_RETURN_IF_ERROR(CheckStride(i, "block_stride", l.block_stride, g.num_blocks, "blocks"));
   KVTIER_RETURN_IF_ERROR(CheckStride(i, "token_stride", l.token_stride, g.block_tokens, "tokens in a block"));
   KVTIER_RETURN_IF_ERROR(CheckStride(i, "head_stride", l.head_stride, g.num_heads, "heads"));
   KVTIER_RETURN_IF_ERROR(CheckStride(i, "dim_stride", l.dim_stride, g.head_dim, "elements in a head"));
 
   // EngineExtent() in checked arithmetic first: an extent that wraps would pass the bytes check.
-  const uint64_t terms[][2] = {{g.num_kv - 1u, l.kv_offset},
+  // With a separate V region the K/V term is left out: each region is bounded on its own.
+  const uint64_t terms[][2] = {{split ? 0u : g.num_kv - 1u, l.kv_offset},
                                {g.num_blocks - 1u, l.block_stride},
                                {g.block_tokens - 1u, l.token_stride},
                                {g.num_heads - 1u, l.head_stride},
@@ -69,19 +75,29 @@ Result<LayerGeometry> BuildLayer(const KvLayerMemory& m, size_t i, const ChunkGe
   uint64_t extent = g.elem_bytes;
   bool fits = true;
   for (const auto& [count, stride] : terms) fits = fits && CheckedMulAdd(extent, count, stride);
-  uint64_t end = 0;
-  if (!fits || __builtin_add_overflow(l.base, extent, &end))
+  uint64_t end = 0, v_end = 0;
+  if (!fits || __builtin_add_overflow(l.base, extent, &end) ||
+      (split && __builtin_add_overflow(v_base, extent, &v_end)))
     return Status::InvalidArgument(
         "kv layout: layer " + std::to_string(i) + " overflows 64 bits over " + std::to_string(g.num_blocks) +
         " blocks (block_stride " + std::to_string(l.block_stride) + ", token_stride " + std::to_string(l.token_stride) +
         ", head_stride " + std::to_string(l.head_stride) + ", dim_stride " + std::to_string(l.dim_stride) +
-        ", kv_offset " + std::to_string(l.kv_offset) + "); strides are byte distances within the layer's tensor");
-  extent = EngineExtent(l, g);
+        ", kv_offset " + std::to_string(split ? 0 : l.kv_offset) +
+        "); strides are byte distances within the layer's tensor");
+  extent = split ? EnginePlaneExtent(l, g) : EngineExtent(l, g);
   if (extent > l.bytes)
     return Status::InvalidArgument("kv layout: layer " + std::to_string(i) + " needs " + std::to_string(extent) +
                                    " bytes for " + std::to_string(g.num_blocks) + " blocks of its strides but " +
                                    LayerField(i, "bytes") + " is " + std::to_string(l.bytes) +
+                                   (split ? " (each of the K and V regions needs them)" : "") +
                                    "; pass the tensor's real size, or fix num_blocks or the strides");
+  if (split && l.base < v_end && v_base < end)
+    return Status::InvalidArgument("kv layout: " + LayerField(i, "v_base") + " is " +
+                                   (v_base >= l.base ? std::to_string(v_base - l.base) + " bytes after"
+                                                     : std::to_string(l.base - v_base) + " bytes before") +
+                                   " base, so the V and K regions (" + std::to_string(extent) +
+                                   " bytes each) overlap; pass V's own tensor, or, for K and V interleaved in "
+                                   "one tensor, leave v_base null and set kv_offset");
   return l;
 }
 

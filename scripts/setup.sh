@@ -6,8 +6,8 @@ set -euo pipefail
 packages=(
   build-essential g++ cmake ninja-build pkg-config git
   liburing-dev librocksdb-dev libhiredis-dev capnproto libcapnp-dev
-  liblz4-dev libxxhash-dev libgtest-dev libgmock-dev libbenchmark-dev
-  redis-server redis-tools pybind11-dev python3-dev fio
+  liblz4-dev libxxhash-dev zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev
+  redis-server redis-tools pybind11-dev python3-dev python3-venv fio
   clang libclang-rt-14-dev
 )
 

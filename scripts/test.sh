@@ -5,7 +5,8 @@
 #   asan     AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/)
 #   tsan     ThreadSanitizer (build-tsan/)
 #   fuzz     clang libFuzzer targets, each run for KVTIER_FUZZ_SECONDS (default 30) (build-fuzz/)
-# Usage: scripts/test.sh [stage ...]     (default: all four, in that order)
+#   python   the Python package and the transformers end-to-end tests, in a venv (build-python/)
+# Usage: scripts/test.sh [stage ...]     (default: all five, in that order)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -16,7 +17,7 @@ export KVTIER_TEST_DIR=${KVTIER_TEST_DIR:-$root/build-test-files}
 mkdir -p "$KVTIER_TEST_DIR"
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(release asan tsan fuzz)
+[ ${#stages[@]} -gt 0 ] || stages=(release asan tsan fuzz python)
 jobs=$(nproc)
 fuzz_seconds=${KVTIER_FUZZ_SECONDS:-30}
 
@@ -59,7 +60,17 @@ for stage in "${stages[@]}"; do
         mkdir -p "build-fuzz/corpus/$f"
         build-fuzz/bin/$f -max_total_time="$fuzz_seconds" -print_final_stats=1 "build-fuzz/corpus/$f" 2>&1 | tail -n 12
       done ;;
-    *) echo "unknown stage '$stage' (release, asan, tsan, fuzz)" >&2; exit 2 ;;
+    python)
+      # torch and transformers from PyPI (CPU is enough: the tests build a tiny random-weight
+      # Llama, nothing is downloaded from a model hub); the package builds with CMake.
+      venv=build-python/venv
+      [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+      echo "=== python: install (venv $venv)"
+      "$venv/bin/pip" install -q --disable-pip-version-check "torch==2.15.0" "transformers==5.23.0" "pytest==9.2.0"
+      "$venv/bin/pip" install -q --disable-pip-version-check ./python
+      echo "=== python: test"
+      "$venv/bin/pytest" -q python/tests ;;
+    *) echo "unknown stage '$stage' (release, asan, tsan, fuzz, python)" >&2; exit 2 ;;
   esac
   echo "=== $stage: passed in $(( $(date +%s) - t0 ))s"
 done

@@ -212,7 +212,8 @@ struct Store::Impl {
   void DropRedisCopy(NamespaceState& ns, const ChunkKey& key);  // requires placement_mu
   void DeleteRedisGarbage();
   bool MakeRoomInRedis(uint64_t bytes);
-  void Demote(std::unique_lock<std::mutex>& placement, NamespaceState& ns, const ChunkKey& key);
+  void DemoteBatch(std::unique_lock<std::mutex>& placement,
+                   const std::vector<std::pair<std::shared_ptr<NamespaceState>, LeafCandidate>>& leaves);
   class WritePipe;
   bool HandToNvme(WritePipe& pipe, NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t i,
                   std::vector<bool>* kept_in_host, Status* st);  // requires placement_mu
@@ -348,6 +349,9 @@ std::vector<std::pair<std::shared_ptr<NamespaceState>, LeafCandidate>> Store::Im
 constexpr size_t kBatchChunks = 16;
 constexpr uint64_t kBatchBytes = 256ull << 20;
 
+// Host leaves demoted to NVMe in one batch (write-back).
+constexpr size_t kDemoteBatch = 16;
+
 // How many eviction candidates to look at per namespace before giving up: a candidate is
 // passed over when it, or a chunk below it that would go with it, is pinned.
 constexpr size_t kEvictionCandidates = 16;
@@ -361,11 +365,10 @@ Result<SlotId> Store::Impl::AllocateSlot(uint64_t payload_bytes) {
     // Evict the least recently used host leaf that can go. Extents merge on free, so this
     // ends once enough contiguous space is free or nothing evictable is left.
     bool evicted = false;
-    for (auto& [ns, victim] : LruLeaves(TierId::kHost, kEvictionCandidates)) {
-      if (nvme && config.nvme.policy != WritePolicy::kNone) {
-        std::optional<TierMask> r = ns->index.Residency(victim.key);
-        if (r && (*r & TierBit(TierId::kNvme)) == 0) Demote(l, *ns, victim.key);
-      }
+    const auto leaves = LruLeaves(TierId::kHost, kEvictionCandidates);
+    // Write-back: the victims go to NVMe first, a batch at a time (one sync for all).
+    if (nvme && config.nvme.policy != WritePolicy::kNone) DemoteBatch(l, leaves);
+    for (auto& [ns, victim] : leaves) {
       if (redis && config.redis.policy == WritePolicy::kWriteBack) {
         std::optional<TierMask> r = ns->index.Residency(victim.key);
         if (r && (*r & TierBit(TierId::kRedis)) == 0) DemoteToRedis(l, *ns, victim.key);
@@ -435,35 +438,49 @@ NvmeTier::WriteItem Store::Impl::MakeWriteItem(NamespaceState& ns, const ChunkKe
   return w;
 }
 
-// Writes an evicted host chunk to NVMe before its slot is freed. Runs with `placement`
-// held on entry and exit, and releases it for the I/O; the chunk stays pinned meanwhile,
-// so its slot cannot go away.
-void Store::Impl::Demote(std::unique_lock<std::mutex>& placement, NamespaceState& ns, const ChunkKey& key) {
-  std::optional<SlotId> slot = host->Find(key);
-  std::optional<ChunkKey> parent;
-  if (!slot || !ns.index.Parent(key, &parent) || !Admits(TierId::kNvme, key)) return;
-  // Pinned before making room on NVMe: that eviction must not take this chunk (it would
-  // go with an evicted parent) while we read its slot.
-  const ChunkKey k = key;
-  ns.index.Pin(std::span<const ChunkKey>(&k, 1));
-  Result<NvmeExtent> e = AllocateExtent(ns.payload_bytes);
-  if (!e.ok()) {  // nothing evictable on NVMe either: the chunk is dropped
-    ns.index.Unpin(std::span<const ChunkKey>(&k, 1));
-    return;
-  }
+// Writes host LRU leaves that NVMe does not hold yet to NVMe before their slots are freed:
+// up to kDemoteBatch of them in one batch, so that they share one data sync and one
+// metadata commit. Runs with `placement` held on entry and exit and releases it for the
+// I/O; the chunks stay pinned meanwhile, so their slots cannot go away.
+void Store::Impl::DemoteBatch(std::unique_lock<std::mutex>& placement,
+                              const std::vector<std::pair<std::shared_ptr<NamespaceState>, LeafCandidate>>& leaves) {
+  std::vector<std::pair<NamespaceState*, ChunkKey>> chosen;
   std::vector<NvmeTier::WriteItem> items;
-  items.push_back(MakeWriteItem(ns, k, parent, *slot, *e));
+  for (const auto& [ns, leaf] : leaves) {
+    if (items.size() == kDemoteBatch) break;
+    const ChunkKey& k = leaf.key;
+    std::optional<TierMask> r = ns->index.Residency(k);
+    std::optional<SlotId> slot = host->Find(k);
+    std::optional<ChunkKey> parent;
+    if (!r || (*r & TierBit(TierId::kNvme)) || !slot || !ns->index.Parent(k, &parent) || !Admits(TierId::kNvme, k))
+      continue;
+    // Pinned before making room on NVMe: that eviction must not take this chunk (it would
+    // go with an evicted parent) while we read its slot.
+    ns->index.Pin(std::span<const ChunkKey>(&k, 1));
+    Result<NvmeExtent> e = AllocateExtent(ns->payload_bytes);
+    if (!e.ok()) {  // nothing evictable on NVMe either: the chunk is dropped
+      ns->index.Unpin(std::span<const ChunkKey>(&k, 1));
+      break;
+    }
+    items.push_back(MakeWriteItem(*ns, k, parent, *slot, *e));
+    chosen.emplace_back(ns.get(), k);
+  }
+  if (items.empty()) return;
   placement.unlock();
   (void)nvme->Write(items);
   placement.lock();
-  if (items[0].status.ok() && ns.index.SetResident(k, TierId::kNvme).ok()) {
-    Add(n.demotions, 1);
-  } else if (!items[0].status.ok()) {
-    nvme->Free(*e);
-  } else {
-    nvme->Remove(k);
+  for (size_t i = 0; i < items.size(); ++i) {
+    NamespaceState& ns = *chosen[i].first;
+    const ChunkKey& k = chosen[i].second;
+    if (items[i].status.ok() && ns.index.SetResident(k, TierId::kNvme).ok()) {
+      Add(n.demotions, 1);
+    } else if (!items[i].status.ok()) {
+      nvme->Free(items[i].record.extent);
+    } else {
+      nvme->Remove(k);
+    }
+    ns.index.Unpin(std::span<const ChunkKey>(&k, 1));
   }
-  ns.index.Unpin(std::span<const ChunkKey>(&k, 1));
 }
 
 // A save's write-through, pipelined: the save hands each chunk over as soon as it is
@@ -678,7 +695,7 @@ void Store::Impl::SaveToRedis(NamespaceState& ns, std::span<const ChunkKey> keys
     return;
   }
   DeleteRedisGarbage();
-  (void)redis->Put(items, RedisDeadlineIn(config.redis.op_timeout_ms));
+  (void)redis->Put(items, RedisDeadline{});
   for (const RedisPutItem& it : items) {
     if (it.result == RedisItemResult::kOk && ns.index.SetResident(it.key, TierId::kRedis).ok()) {
       Add(n.redis_saved, 1);
@@ -705,7 +722,7 @@ void Store::Impl::DeleteRedisGarbage() {
     std::lock_guard<std::mutex> l(placement_mu);
     g.swap(redis_garbage);
   }
-  for (const auto& [id, key] : g) (void)redis->Remove(id, key, RedisDeadlineIn(config.redis.op_timeout_ms));
+  for (const auto& [id, key] : g) (void)redis->Remove(id, key, RedisDeadline{});
 }
 
 // With redis.capacity_bytes: evicts LRU Redis leaves (from the index; their values are
@@ -809,7 +826,7 @@ size_t Store::Impl::FetchFromRedis(NamespaceState& ns, const std::vector<ChunkKe
     items[j].id = ChunkIdentity{ns.id, keys[from + j], ns.spec.shape};
     items[j].dst = std::span<uint8_t>(page + kChunkPayloadOffset, ns.payload_bytes);
   }
-  if (!items.empty()) redis->Get(items, RedisDeadlineIn(config.redis.op_timeout_ms));
+  if (!items.empty()) redis->Get(items, RedisDeadline{});
   size_t ok = 0;
   while (ok < items.size() && items[ok].result == RedisItemResult::kOk) ++ok;
   if (ok < items.size()) {

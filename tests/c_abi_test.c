@@ -1,6 +1,7 @@
 /* The C ABI, exercised from C: lifecycle, round trip, partial loads, bad input, use
  * after close. Exits non-zero on the first failed check. */
 #include <stdint.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,6 +129,103 @@ static void nvme_round_trip(void) {
   CHECK(system(cmd) == 0);
 }
 
+/* K and V in separate buffers (kvt_kv_layout.v_bases): chunks saved from them load into
+ * the one-region layout of the same model, K and V where kv_offset puts them; a caller
+ * built before v_bases (a 24-byte kvt_kv_layout) still registers. */
+typedef struct kv_layout_before_v_bases {
+  uint32_t struct_size, block_tokens, num_blocks, num_layers;
+  const kvt_layer_memory* layers;
+} kv_layout_before_v_bases;
+
+static uint8_t k_only[kLayers][LAYER_BYTES / 2], v_only[kLayers][LAYER_BYTES / 2];
+
+static void split_kv(void) {
+  char err[256] = {0};
+  kvt_store_options opts;
+  kvt_store_options_init(&opts);
+  opts.host_capacity_bytes = 4u << 20;
+  opts.huge_pages = KVT_HUGE_PAGES_OFF;
+  kvt_store* store = NULL;
+  CHECK(kvt_store_open(&opts, &store, err, sizeof err) == KVT_OK);
+  if (store == NULL) return;
+  kvt_namespace_spec spec;
+  spec_init(&spec, "split");
+
+  kvt_layer_memory split_layers[kLayers];
+  kvt_kv_layout split;
+  describe(&split, split_layers);
+  CHECK(split.v_bases == NULL); /* kvt_kv_layout_init: V is kv_offset after K */
+  void* v_bases[kLayers];
+  split.v_bases = v_bases;
+  for (int l = 0; l < kLayers; ++l) {
+    split_layers[l].base = k_only[l];
+    split_layers[l].bytes = LAYER_BYTES / 2;
+    split_layers[l].kv_offset = 0;
+    v_bases[l] = v_only[l];
+    for (size_t i = 0; i < LAYER_BYTES / 2; ++i) {
+      k_only[l][i] = (uint8_t)(i * 3 + l);
+      v_only[l][i] = (uint8_t)(i * 5 + l + 1);
+    }
+  }
+  kvt_namespace* ns_split = NULL;
+  CHECK(kvt_namespace_register(store, &spec, &split, &ns_split) == KVT_OK);
+  if (ns_split == NULL) return;
+
+  /* V overlapping K, a V region too short: refused, naming the field. */
+  kvt_namespace* bad = NULL;
+  v_bases[1] = k_only[1] + 64;
+  CHECK(kvt_namespace_register(store, &spec, &split, &bad) == KVT_E_INVALID_ARGUMENT);
+  CHECK(strstr(kvt_store_last_error(store), "layers[1].v_base") != NULL);
+  v_bases[1] = v_only[1];
+  split_layers[1].bytes = LAYER_BYTES / 2 - 1;
+  CHECK(kvt_namespace_register(store, &spec, &split, &bad) == KVT_E_INVALID_ARGUMENT);
+  CHECK(strstr(kvt_store_last_error(store), "layers[1].bytes") != NULL);
+  split_layers[1].bytes = LAYER_BYTES / 2;
+  CHECK(bad == NULL);
+
+  /* The one-region layout, as a caller built before v_bases describes it. */
+  kvt_layer_memory one_region[kLayers];
+  kvt_kv_layout tmp;
+  describe(&tmp, one_region);
+  kv_layout_before_v_bases old_layout = {sizeof(kv_layout_before_v_bases), kBlockTokens, kBlocks, kLayers, one_region};
+  CHECK(sizeof(kv_layout_before_v_bases) == 24);
+  kvt_namespace* ns_old = NULL;
+  CHECK(kvt_namespace_register(store, &spec, (const kvt_kv_layout*)&old_layout, &ns_old) == KVT_OK);
+  if (ns_old == NULL) return;
+
+  int32_t tokens[16];
+  for (int i = 0; i < 16; ++i) tokens[i] = 500 + i;
+  int32_t src[4] = {2, 3, 6, 7}, dst[4] = {8, 9, 10, 11};
+  kvt_ticket* t = NULL;
+  uint32_t done = 0;
+  CHECK(kvt_save(ns_split, tokens, 16, src, 4, NULL, 0, &t) == KVT_OK);
+  CHECK(kvt_ticket_wait(t, -1, &done) == KVT_OK && done == 2);
+  kvt_ticket_release(t);
+  memset(kv, 0, sizeof kv);
+  CHECK(kvt_load(ns_old, tokens, 16, dst, 4, NULL, 0, &t) == KVT_OK);
+  CHECK(kvt_ticket_wait(t, -1, &done) == KVT_OK && done == 2);
+  kvt_ticket_release(t);
+  for (int l = 0; l < kLayers; ++l)
+    for (int b = 0; b < 4; ++b) {
+      CHECK(memcmp(block_part(l, 0, dst[b]), k_only[l] + (size_t)src[b] * BLOCK_BYTES, BLOCK_BYTES) == 0);
+      CHECK(memcmp(block_part(l, 1, dst[b]), v_only[l] + (size_t)src[b] * BLOCK_BYTES, BLOCK_BYTES) == 0);
+    }
+  /* And back into the separate buffers, at other blocks. */
+  int32_t back[4] = {12, 13, 14, 15};
+  CHECK(kvt_load(ns_split, tokens, 16, back, 4, NULL, 0, &t) == KVT_OK);
+  CHECK(kvt_ticket_wait(t, -1, &done) == KVT_OK && done == 2);
+  kvt_ticket_release(t);
+  for (int l = 0; l < kLayers; ++l)
+    for (int b = 0; b < 4; ++b) {
+      const size_t to = (size_t)back[b] * BLOCK_BYTES, from = (size_t)src[b] * BLOCK_BYTES;
+      CHECK(memcmp(k_only[l] + to, k_only[l] + from, BLOCK_BYTES) == 0);
+      CHECK(memcmp(v_only[l] + to, v_only[l] + from, BLOCK_BYTES) == 0);
+    }
+  CHECK(kvt_namespace_release(ns_split) == KVT_OK);
+  CHECK(kvt_namespace_release(ns_old) == KVT_OK);
+  CHECK(kvt_store_close(store) == KVT_OK);
+}
+
 int main(void) {
   char err[256] = {0};
   kvt_store* store = NULL;
@@ -149,6 +247,21 @@ int main(void) {
   bad_opts = opts;
   bad_opts.worker_threads = 0;
   CHECK(kvt_store_open(&bad_opts, &bad_store, err, sizeof err) == KVT_E_INVALID_ARGUMENT);
+  bad_opts = opts;
+  bad_opts.redis_addresses = "";
+  CHECK(kvt_store_open(&bad_opts, &bad_store, err, sizeof err) == KVT_E_INVALID_ARGUMENT);
+  CHECK(strstr(err, "redis.addresses") != NULL);
+  bad_opts = opts;
+  bad_opts.redis_addresses = "127.0.0.1:1";
+  bad_opts.redis_policy = 7;
+  CHECK(kvt_store_open(&bad_opts, &bad_store, err, sizeof err) == KVT_E_INVALID_ARGUMENT);
+  CHECK(strstr(err, "redis_policy") != NULL);
+  /* A caller built before the Redis fields (a shorter struct) still opens a store. */
+  kvt_store* old_store = NULL;
+  kvt_store_options old_opts = opts;
+  old_opts.struct_size = (uint32_t)offsetof(kvt_store_options, redis_addresses);
+  CHECK(kvt_store_open(&old_opts, &old_store, err, sizeof err) == KVT_OK);
+  CHECK(kvt_store_close(old_store) == KVT_OK);
 
   kvt_layer_memory layers[kLayers];
   kvt_kv_layout layout;
@@ -255,6 +368,48 @@ int main(void) {
   CHECK(kvt_lookup(ns, tokens, 24, NULL, 0, &lr, NULL, 0) == KVT_OK);
   CHECK(lr.matched_chunks == 3);
 
+  /* Lookup with options and the planner's figures; a prefetch starts only below host. */
+  kvt_lookup_options lopts;
+  kvt_lookup_options_init(&lopts);
+  lopts.prefetch = 1;
+  kvt_lookup_info info;
+  memset(&info, 0, sizeof info);
+  CHECK(kvt_lookup_ex(ns, tokens, 24, NULL, 0, &lopts, &info, tiers, 8) == KVT_E_INVALID_ARGUMENT); /* no struct_size */
+  info.struct_size = sizeof info;
+  CHECK(kvt_lookup_ex(ns, tokens, 24, NULL, 0, &lopts, &info, tiers, 8) == KVT_OK);
+  CHECK(info.matched_chunks == 3 && info.cached_chunks == 3 && info.prefetch_id == 0);
+  CHECK(info.expected_saving_seconds == 0.0); /* no prefill rate yet */
+  CHECK(kvt_set_prefill_rate(ns, 1e12) == KVT_OK); /* recomputing is instant: nothing is worth loading */
+  CHECK(kvt_lookup_ex(ns, tokens, 24, NULL, 0, NULL, &info, NULL, 0) == KVT_OK);
+  CHECK(info.matched_chunks == 0 && info.cached_chunks == 3);
+  CHECK(kvt_set_prefill_rate(ns, 0) == KVT_OK);
+  CHECK(kvt_report_prefill(ns, 0, 1.0) == KVT_E_INVALID_ARGUMENT);
+  CHECK(kvt_prefetch_cancel(ns, 12345) == KVT_E_NOT_FOUND);
+
+  /* Layer-wise: every layer of a load reports the chunks it delivers. */
+  kvt_ticket* lt = NULL;
+  CHECK(kvt_load(ns, tokens, 24, dst, 6, NULL, 0, &lt) == KVT_OK);
+  for (uint32_t l = 0; l < kLayers; ++l) {
+    uint32_t c = 99;
+    CHECK(kvt_ticket_wait_layer(lt, l, -1, &c) == KVT_OK);
+    CHECK(c == 3);
+  }
+  CHECK(kvt_ticket_wait(lt, -1, &done) == KVT_OK && done == 3);
+  kvt_ticket_release(lt);
+
+  /* Pinned prefixes and the stats JSON. */
+  uint32_t pinned = 0;
+  CHECK(kvt_pin_prefix(ns, tokens, 24, NULL, 0, &pinned) == KVT_OK && pinned == 3);
+  char stats[4096];
+  size_t need = 0;
+  CHECK(kvt_store_stats_json(store, stats, 8, &need) == KVT_E_INVALID_ARGUMENT && need > 8);
+  CHECK(kvt_store_stats_json(store, stats, sizeof stats, &need) == KVT_OK);
+  CHECK(strstr(stats, "\"pinned_chunks\":3") != NULL);
+  CHECK(strstr(stats, "\"saved_chunks\":3") != NULL);
+  CHECK(kvt_unpin_prefix(ns, tokens, 24, NULL, 0) == KVT_OK);
+  CHECK(kvt_store_stats_json(store, stats, sizeof stats, &need) == KVT_OK);
+  CHECK(strstr(stats, "\"pinned_chunks\":0") != NULL);
+
   /* Use after close: namespace handles stay callable and say the store is closed. */
   kvt_ticket* pending = NULL;
   CHECK(kvt_load(ns, tokens, 24, dst, 6, NULL, 0, &pending) == KVT_OK);
@@ -270,6 +425,7 @@ int main(void) {
   kvt_ticket_release(NULL);
 
   nvme_round_trip();
+  split_kv();
 
   if (failures) {
     fprintf(stderr, "c_abi_test: %d checks failed\n", failures);

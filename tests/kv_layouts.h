@@ -3,10 +3,10 @@
 //
 // Engine memory is real host memory filled with random bytes, described by a
 // KvMemoryLayout of the kinds engines use (vLLM NHD, FlashInfer, HND, one tensor for
-// all layers, MLA) and of stranger ones (padding, transposed and permuted axes). The
-// reference takes every address straight from KvLayerMemory strides and the chunk
-// format's payload order; it does not use kv_indexing.h, so it checks that arithmetic
-// rather than repeating it.
+// all layers, MLA, K and V as separate tensors as in transformers) and of stranger
+// ones (padding, transposed and permuted axes). The reference takes every address
+// straight from KvLayerMemory strides and the chunk format's payload order; it does not
+// use kv_indexing.h, so it checks that arithmetic rather than repeating it.
 #ifndef KVTIER_TESTS_KV_LAYOUTS_H_
 #define KVTIER_TESTS_KV_LAYOUTS_H_
 
@@ -168,8 +168,10 @@ struct Engine {
 // Address of element (kv, block, token in block, head, dim) of one layer of engine memory.
 inline uint8_t* RefEngineAddress(const KvLayerMemory& m, bool mla, uint32_t kv, uint32_t block, uint32_t t, uint32_t h,
                           uint32_t dim) {
-  const uint64_t kv_part = mla ? 0 : uint64_t{kv} * m.kv_offset;
-  return static_cast<uint8_t*>(m.base) + kv_part + uint64_t{block} * m.block_stride + uint64_t{t} * m.token_stride +
+  const bool own_v = !mla && kv == 1 && m.v_base != nullptr;
+  const uint64_t kv_part = mla || own_v ? 0 : uint64_t{kv} * m.kv_offset;
+  uint8_t* const origin = static_cast<uint8_t*>(own_v ? m.v_base : m.base);
+  return origin + kv_part + uint64_t{block} * m.block_stride + uint64_t{t} * m.token_stride +
          uint64_t{h} * m.head_stride + uint64_t{dim} * m.dim_stride;
 }
 
@@ -213,7 +215,7 @@ inline void RefScatter(const Engine& e, const std::vector<int32_t>& ids, uint32_
 
 // ---- layouts ------------------------------------------------------------------------------
 
-enum class Layout { kVllmNhd, kFlashInfer, kHnd, kBlocksFirst, kMla, kPadded, kTransposed, kPermuted };
+enum class Layout { kVllmNhd, kFlashInfer, kHnd, kBlocksFirst, kMla, kPadded, kTransposed, kPermuted, kSplitKv };
 
 inline const char* LayoutName(Layout l) {
   switch (l) {
@@ -225,6 +227,7 @@ inline const char* LayoutName(Layout l) {
     case Layout::kPadded: return "padded";
     case Layout::kTransposed: return "transposed";
     case Layout::kPermuted: return "permuted";
+    case Layout::kSplitKv: return "split-kv";
   }
   return "?";
 }
@@ -321,6 +324,21 @@ inline Engine BuildEngine(Layout kind, const Dims& d, std::mt19937_64& rng) {
           next = next * sizes[axis] + (Uniform(rng, 0, 1) ? Uniform(rng, 1, 5) : 0);
         }
         e.AddLayer(m, next, Uniform(rng, 0, 3), rng);
+      }
+      break;
+    case Layout::kSplitKv:  // per layer K and V tensors [heads, num_blocks * block_size (+pad), dim], V first or after
+      for (uint32_t l = 0; l < L; ++l) {
+        const uint64_t seq = N * T + Uniform(rng, 0, 3);  // a cache longer than its blocks
+        m.dim_stride = E;
+        m.token_stride = D * E;
+        m.block_stride = T * D * E;
+        m.head_stride = seq * D * E;
+        m.kv_offset = Uniform(rng, 0, 1) ? 0 : UINT64_MAX;  // ignored beside v_base
+        const uint64_t bytes = H * seq * D * E;
+        const bool v_first = Uniform(rng, 0, 1) == 1;
+        uint8_t* v = v_first ? e.AddBuffer(bytes + 8, rng) + Uniform(rng, 0, 8) : nullptr;
+        e.AddLayer(m, bytes, Uniform(rng, 0, 8), rng);
+        e.layout.layers.back().v_base = v_first ? v : e.AddBuffer(bytes + 8, rng) + Uniform(rng, 0, 8);
       }
       break;
   }

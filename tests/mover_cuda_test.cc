@@ -82,9 +82,15 @@ struct DeviceEngine {
     }
     host_layers.assign(mover.layers().begin(), mover.layers().end());
     std::vector<LayerGeometry> device_layers = host_layers;
-    for (LayerGeometry& l : device_layers) {
+    for (size_t i = 0; i < device_layers.size(); ++i) {
+      LayerGeometry& l = device_layers[i];
       const auto [buf, off] = e.Locate(reinterpret_cast<const uint8_t*>(static_cast<uintptr_t>(l.base)));
       l.base = reinterpret_cast<uintptr_t>(buffers[buf].get()) + off;
+      const KvLayerMemory& m = e.layout.layers[i];
+      if (!e.d.mla && m.v_base != nullptr) {  // V's own buffer: the distance to its device copy, mod 2^64
+        const auto [v_buf, v_off] = e.Locate(static_cast<const uint8_t*>(m.v_base));
+        l.kv_offset = reinterpret_cast<uintptr_t>(buffers[v_buf].get()) + v_off - l.base;
+      }
     }
     table = DeviceAlloc(sizeof(LayerGeometry) * device_layers.size());
     EXPECT_TRUE(Upload(table.get(), device_layers.data(), sizeof(LayerGeometry) * device_layers.size()));
@@ -214,6 +220,7 @@ TEST_F(MoverCuda, MlaLatent) { RunCases(Layout::kMla, 205, stream_); }
 TEST_F(MoverCuda, PaddedStrides) { RunCases(Layout::kPadded, 206, stream_); }
 TEST_F(MoverCuda, TransposedDims) { RunCases(Layout::kTransposed, 207, stream_); }
 TEST_F(MoverCuda, PermutedAxes) { RunCases(Layout::kPermuted, 208, stream_); }
+TEST_F(MoverCuda, SplitKvTensors) { RunCases(Layout::kSplitKv, 210, stream_); }
 
 // A Llama-3-8B-like batch: 16-byte pieces, several thread blocks' worth of units.
 TEST_F(MoverCuda, LlamaShapedBatchRoundTrips) {

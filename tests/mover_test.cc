@@ -157,6 +157,9 @@ TEST(MoverRandom, PermutedAxes) {
   EXPECT_EQ(RunCases(Layout::kPermuted, 8).size(), 4u) << "every run kind should occur";
 }
 
+// K and V in separate tensors (v_base), V below or above K in the address space.
+TEST(MoverRandom, SplitKvTensors) { EXPECT_TRUE(RunCases(Layout::kSplitKv, 9).count(RunKind::kHead)); }
+
 // ---- a case checked by hand ---------------------------------------------------------------
 
 // Each float32 element of engine memory holds its own coordinates, so the payload says
@@ -421,6 +424,122 @@ TEST(MoverCreate, MlaIgnoresKvOffset) {
     EXPECT_EQ(created->geometry().num_kv, 1u);
     EXPECT_EQ(created->payload_bytes(), ChunkPayloadBytes(s));
   }
+}
+
+// ---- V in its own region (KvLayerMemory::v_base) --------------------------------------------
+
+struct ValidSplit {
+  std::mt19937_64 rng{23};
+  Dims d;
+  Engine e;
+  ValidSplit() {
+    d.layers = 3;
+    d.heads = 2;
+    d.head_dim = 4;
+    d.block_tokens = 4;
+    d.chunk_tokens = 8;
+    d.num_blocks = 6;
+    e = BuildEngine(Layout::kSplitKv, d, rng);
+  }
+  KvShape shape() const { return d.shape(); }
+};
+
+// One K and one V buffer per layer, [heads, tokens, dim], at chosen places of one arena.
+TEST(MoverSplitKv, VBelowOrAboveKCopiesTheSameBytes) {
+  std::mt19937_64 rng(24);
+  Dims d;
+  d.layers = 2;
+  d.heads = 3;
+  d.head_dim = 8;
+  d.block_tokens = 4;
+  d.chunk_tokens = 8;
+  d.num_blocks = 4;
+  const uint64_t E = d.elem, plane = uint64_t{d.heads} * d.num_blocks * d.block_tokens * d.head_dim * E;
+  for (bool v_below : {false, true}) {
+    SCOPED_TRACE(v_below ? "V below K" : "V above K");
+    Engine e;
+    e.d = d;
+    e.layout.block_tokens = d.block_tokens;
+    e.layout.num_blocks = d.num_blocks;
+    uint8_t* arena = e.AddBuffer(4 * plane * d.layers, rng);
+    for (uint32_t l = 0; l < d.layers; ++l) {
+      KvLayerMemory m;
+      uint8_t* k = arena + (2 * l + (v_below ? 1 : 0)) * 2 * plane;
+      uint8_t* v = arena + (2 * l + (v_below ? 0 : 1)) * 2 * plane;
+      m.base = k;
+      m.v_base = v;
+      m.bytes = plane;
+      m.dim_stride = E;
+      m.token_stride = d.head_dim * E;
+      m.block_stride = d.block_tokens * m.token_stride;
+      m.head_stride = d.num_blocks * m.block_stride;
+      e.layout.layers.push_back(m);
+    }
+    Result<Mover> created = Mover::Create(d.shape(), e.layout);
+    ASSERT_TRUE(created.ok()) << created.status().ToString();
+    const std::vector<int32_t> ids = {3, 1};
+    Bytes got(created->payload_bytes()), want(created->payload_bytes());
+    ASSERT_TRUE(created->Gather(ids, got.data(), got.size()).ok());
+    RefGather(e, ids, 0, d.layers, want.data());
+    EXPECT_TRUE(SameBytes(got, want));
+    const Bytes payload = RandomBytes(got.size(), rng);
+    ASSERT_TRUE(created->Scatter(std::vector<int32_t>{0, 2}, payload.data(), payload.size()).ok());
+    ASSERT_TRUE(created->Gather(std::vector<int32_t>{0, 2}, got.data(), got.size()).ok());
+    EXPECT_TRUE(SameBytes(got, payload));
+  }
+}
+
+TEST(MoverSplitKv, BoundsEachRegion) {
+  {
+    ValidSplit v;
+    ASSERT_TRUE(Mover::Create(v.shape(), v.e.layout).ok());
+  }
+  {
+    ValidSplit v;  // bytes must cover each region; the shared-region extent is not asked for
+    KvLayerMemory& m = v.e.layout.layers[1];
+    const Dims& d = v.d;
+    m.bytes = (d.heads - 1) * m.head_stride + (d.num_blocks - 1) * m.block_stride +
+              (d.block_tokens - 1) * m.token_stride + (d.head_dim - 1) * m.dim_stride + d.elem;
+    ASSERT_TRUE(Mover::Create(v.shape(), v.e.layout).ok()) << "bytes exactly the extent of one region is enough";
+    m.bytes -= 1;
+    const Status st = Mover::Create(v.shape(), v.e.layout).status();
+    EXPECT_TRUE(IsInvalidArgumentNaming(st, "layers[1].bytes"));
+    EXPECT_TRUE(IsInvalidArgumentNaming(st, "K and V regions"));
+  }
+  {
+    ValidSplit v;  // V inside K's region
+    KvLayerMemory& m = v.e.layout.layers[2];
+    m.v_base = static_cast<uint8_t*>(m.base) + m.dim_stride;
+    EXPECT_TRUE(IsInvalidArgumentNaming(Mover::Create(v.shape(), v.e.layout).status(), "layers[2].v_base"));
+  }
+  {
+    ValidSplit v;  // K inside V's region
+    KvLayerMemory& m = v.e.layout.layers[0];
+    m.base = static_cast<uint8_t*>(m.v_base) + 2 * m.dim_stride;
+    EXPECT_TRUE(IsInvalidArgumentNaming(Mover::Create(v.shape(), v.e.layout).status(), "layers[0].v_base"));
+  }
+  {
+    ValidSplit v;  // the V region wraps the address space
+    v.e.layout.layers[0].v_base = reinterpret_cast<void*>(UINTPTR_MAX - 16);
+    EXPECT_TRUE(IsInvalidArgumentNaming(Mover::Create(v.shape(), v.e.layout).status(), "overflow"));
+  }
+  {
+    ValidSplit v;  // kv_offset 0 is fine beside v_base
+    for (KvLayerMemory& m : v.e.layout.layers) m.kv_offset = 0;
+    EXPECT_TRUE(Mover::Create(v.shape(), v.e.layout).ok());
+  }
+}
+
+TEST(MoverSplitKv, MlaIgnoresVBase) {
+  Valid v;
+  KvShape s = v.shape();
+  s.mla = true;
+  s.num_kv_heads = 1;
+  for (KvLayerMemory& m : v.e.layout.layers) m.v_base = m.base;  // would overlap if it were read
+  Result<Mover> created = Mover::Create(s, v.e.layout);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  EXPECT_EQ(created->geometry().num_kv, 1u);
+  for (const LayerGeometry& l : created->layers()) EXPECT_EQ(l.kv_offset, 0u);
 }
 
 // ---- Gather/Scatter: bad arguments write nothing -----------------------------------------

@@ -187,6 +187,8 @@ TEST(MoverUnitsRandom, TransposedDims) {
 
 TEST(MoverUnitsRandom, PermutedAxes) { EXPECT_GE(RunCases(Layout::kPermuted, 108).size(), 3u); }
 
+TEST(MoverUnitsRandom, SplitKvTensors) { EXPECT_TRUE(RunCases(Layout::kSplitKv, 109).count(16)); }
+
 // ---- the decomposition ----------------------------------------------------------------------
 
 ChunkGeometry Geometry(uint32_t layers, uint32_t heads, uint32_t head_dim, uint32_t elem, uint32_t block_tokens,

@@ -106,6 +106,27 @@ typedef struct kvt_store_options {
   uint32_t nvme_queue_depth; /* default 16 */
   int32_t nvme_buffered;
   int32_t nvme_policy; /* kvt_write_policy, default WRITE_BACK */
+  /* ---- appended (struct_size tells which fields a caller has; older callers keep the
+   * defaults for the rest) ---- */
+  /* Redis tier: on when redis_addresses is not NULL ("host:port", comma-separated; for a
+   * cluster any of its nodes). Saves write through (best effort: a Redis failure never
+   * fails a save) or write back on host eviction, per redis_policy. */
+  const char* redis_addresses;
+  int32_t redis_cluster;             /* nonzero: Redis Cluster */
+  int32_t redis_policy;              /* kvt_write_policy, default WRITE_THROUGH */
+  const char* redis_username;        /* ACL user; NULL: default user */
+  const char* redis_password;        /* NULL: no AUTH */
+  const char* redis_key_prefix;      /* NULL: "kvt" */
+  uint32_t redis_op_timeout_ms;      /* default 2000 */
+  uint32_t redis_lookup_timeout_ms;  /* default 100 */
+  uint32_t redis_ttl_seconds;        /* 0: no expiry */
+  int32_t redis_lz4;                 /* nonzero: LZ4 values */
+  uint64_t redis_capacity_bytes;     /* 0: no limit of the store's own */
+  int32_t planner_enabled;           /* default 1 (acts once a prefill rate is known) */
+  uint32_t admission_min_tokens;     /* default 0 */
+  int32_t admission_nvme_second_hit;
+  int32_t admission_redis_second_hit;
+  uint32_t max_prefetches;           /* default 4 */
 } kvt_store_options;
 
 /* Model identity and KV shape; strings are copied, NULL means "". */
@@ -129,8 +150,9 @@ typedef struct kvt_namespace_spec {
 
 /* One layer of engine KV memory; strides in bytes. Element (block b, token t, head h,
  * dim d) of K is at base + b*block_stride + t*token_stride + h*head_stride +
- * d*dim_stride, and its V element kv_offset bytes further (unused for MLA). `bytes` is
- * how much memory is addressable from base; every block must fit. */
+ * d*dim_stride, and its V element kv_offset bytes further (unused for MLA), or in V's
+ * own region when kvt_kv_layout.v_bases names one. `bytes` is how much memory is
+ * addressable from base (and from the layer's V base); every block must fit. */
 typedef struct kvt_layer_memory {
   void* base;
   size_t bytes;
@@ -147,6 +169,12 @@ typedef struct kvt_kv_layout {
   uint32_t num_blocks;   /* blocks per layer */
   uint32_t num_layers;   /* entries in layers */
   const kvt_layer_memory* layers;
+  /* Optional (NULL: V is kv_offset after K in every layer). num_layers entries: V of
+   * layer i lives in its own region at v_bases[i], with the strides of layers[i] (K and
+   * V as separate tensors, e.g. transformers' DynamicCache); the two regions must not
+   * overlap, and kv_offset is ignored. A NULL entry keeps kv_offset for that layer.
+   * Callers built before this field (struct_size 24) are still accepted. */
+  void* const* v_bases;
 } kvt_kv_layout;
 
 /* A hash bound to one chunk in addition to its tokens (e.g. an image's hash). */
@@ -162,9 +190,30 @@ typedef struct kvt_lookup_result {
   uint32_t total_chunks;
 } kvt_lookup_result;
 
+/* kvt_lookup_ex: what to do besides matching. */
+typedef struct kvt_lookup_options {
+  uint32_t struct_size;
+  int32_t prefetch;              /* nonzero: start bringing matched chunks below host into host */
+  uint32_t prefetch_deadline_ms; /* default 10000 */
+} kvt_lookup_options;
+
+/* kvt_lookup_ex: the answer, with the planner's view. */
+typedef struct kvt_lookup_info {
+  uint32_t struct_size;
+  uint32_t matched_chunks;       /* leading chunks worth loading (planner applied) */
+  uint64_t matched_tokens;
+  uint32_t total_chunks;
+  uint32_t cached_chunks;        /* leading chunks cached in some tier (before the planner) */
+  double expected_load_seconds;  /* zero when the namespace has no prefill rate */
+  double expected_recompute_seconds;
+  double expected_saving_seconds;
+  uint64_t prefetch_id;          /* the prefetch started, 0 if none */
+} kvt_lookup_info;
+
 KVT_API void kvt_store_options_init(kvt_store_options* opts);
 KVT_API void kvt_namespace_spec_init(kvt_namespace_spec* spec);
 KVT_API void kvt_kv_layout_init(kvt_kv_layout* layout);
+KVT_API void kvt_lookup_options_init(kvt_lookup_options* opts);
 
 /* ---- store ------------------------------------------------------------------------ */
 /* Opens an embedded store. On error *out is NULL and, when err is not NULL, a message is
@@ -186,6 +235,27 @@ KVT_API const char* kvt_namespace_last_error(const kvt_namespace* ns);
  * (kvt_tier) of each matched chunk is written there, up to chunk_tiers_len entries. */
 KVT_API int kvt_lookup(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens, const kvt_extra_key* extra_keys,
                        size_t num_extra_keys, kvt_lookup_result* out, uint8_t* chunk_tiers, size_t chunk_tiers_len);
+/* kvt_lookup with options (prefetch) and the planner's figures. opts may be NULL; out's
+ * struct_size must be set (kvt_lookup_info from this header). */
+KVT_API int kvt_lookup_ex(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens,
+                          const kvt_extra_key* extra_keys, size_t num_extra_keys, const kvt_lookup_options* opts,
+                          kvt_lookup_info* out, uint8_t* chunk_tiers, size_t chunk_tiers_len);
+/* Stops a prefetch (chunks already brought up stay). KVT_E_NOT_FOUND when it is over. */
+KVT_API int kvt_prefetch_cancel(kvt_namespace* ns, uint64_t prefetch_id);
+/* The engine's prefill speed, for the planner: set it (<= 0 forgets it), or report
+ * measured prefills (a moving average is kept). */
+KVT_API int kvt_set_prefill_rate(kvt_namespace* ns, double tokens_per_second);
+KVT_API int kvt_report_prefill(kvt_namespace* ns, uint64_t tokens, double seconds);
+/* Keeps the cached chunks of tokens (a system prompt) from eviction until unpinned;
+ * pinned (may be NULL) receives how many chunks were pinned. */
+KVT_API int kvt_pin_prefix(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens,
+                           const kvt_extra_key* extra_keys, size_t num_extra_keys, uint32_t* pinned);
+KVT_API int kvt_unpin_prefix(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens,
+                             const kvt_extra_key* extra_keys, size_t num_extra_keys);
+/* The store's counters as one JSON object. Writes at most buf_len bytes (NUL-terminated)
+ * and the full length (without the NUL) to *needed; KVT_E_INVALID_ARGUMENT when buf is
+ * too small (call again with *needed + 1 bytes). */
+KVT_API int kvt_store_stats_json(kvt_store* store, char* buf, size_t buf_len, size_t* needed);
 /* Saves the whole chunks of tokens from the blocks named by block_ids (chunk i uses
  * block_ids[i*B .. (i+1)*B), B = chunk_tokens / block_tokens). */
 KVT_API int kvt_save(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens, const int32_t* block_ids,
@@ -200,6 +270,10 @@ KVT_API int kvt_load(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens
 KVT_API int kvt_ticket_poll(kvt_ticket* ticket, uint32_t* chunks_done);
 /* Waits up to timeout_us microseconds (negative: no limit); KVT_IN_PROGRESS if still running. */
 KVT_API int kvt_ticket_wait(kvt_ticket* ticket, int64_t timeout_us, uint32_t* chunks_done);
+/* Loads: waits up to timeout_us (negative: no limit) until layer `layer` of the chunks
+ * the load delivers is in engine memory; *chunks (may be NULL) receives how many leading
+ * chunks that is (0: nothing to use). KVT_IN_PROGRESS on timeout. Layers land in order. */
+KVT_API int kvt_ticket_wait_layer(kvt_ticket* ticket, uint32_t layer, int64_t timeout_us, uint32_t* chunks);
 /* Best effort: chunks not started are skipped. */
 KVT_API int kvt_ticket_cancel(kvt_ticket* ticket);
 /* Cancels if running, waits, and frees the handle. NULL is a no-op. */

@@ -63,16 +63,19 @@ struct NamespaceSpec {
 
 // One layer of the engine's paged KV memory. Element (block b, token t, head h, dim d)
 // of K lives at base + b*block_stride + t*token_stride + h*head_stride + d*dim_stride;
-// the V element is kv_offset bytes after its K element. All strides are in bytes.
-// For MLA, only the K part is used and kv_offset is ignored.
+// the V element is kv_offset bytes after its K element, or, when v_base is set, at the
+// same offset from v_base (K and V in separate tensors with equal strides, e.g.
+// transformers' DynamicCache). All strides are in bytes.
+// For MLA, only the K part is used and kv_offset and v_base are ignored.
 struct KvLayerMemory {
   void* base = nullptr;
-  size_t bytes = 0;  // bytes addressable from base; every block must fit inside
+  size_t bytes = 0;  // bytes addressable from base (and from v_base); every block must fit inside
   uint64_t block_stride = 0;
   uint64_t token_stride = 0;
   uint64_t head_stride = 0;
   uint64_t dim_stride = 0;
-  uint64_t kv_offset = 0;
+  uint64_t kv_offset = 0;  // ignored when v_base is set
+  void* v_base = nullptr;  // V's own region, disjoint from K's; null: V is kv_offset after K
 };
 
 // The engine's KV memory, described once per namespace registration. Saves and loads

@@ -2,7 +2,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <hiredis/read.h>
+#if __has_include(<hiredis/sds.h>)
+extern "C" {
+#include <hiredis/sds.h>  // hiredis 0.14's sds.h declares its functions without C linkage
+}
+#endif
+#include <hiredis/hiredis.h>  // HIREDIS_MAJOR, read.h
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -14,6 +19,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <deque>
 #include <thread>
 #include <unordered_map>
 
@@ -101,7 +107,12 @@ void* CreateNil(const redisReadTask* task) {
 // Only called on the root (children are owned by their parent's elements).
 void FreeReply(void* obj) { delete static_cast<RedisReply*>(obj); }
 
-redisReplyObjectFunctions kReplyFunctions = {CreateString, CreateArray, CreateInteger, CreateNil, FreeReply};
+// Designated: hiredis 1.x adds RESP3 members between these (left null: we speak RESP2).
+redisReplyObjectFunctions kReplyFunctions = {.createString = CreateString,
+                                             .createArray = CreateArray,
+                                             .createInteger = CreateInteger,
+                                             .createNil = CreateNil,
+                                             .freeObject = FreeReply};
 
 bool ParseHostPort(const std::string& addr, std::string* host, int* port) {
   size_t colon = addr.rfind(':');
@@ -139,7 +150,10 @@ uint16_t RedisKeySlot(std::string_view key) {
 class RedisClient::Connection {
  public:
   Connection(int fd, std::string addr, size_t read_chunk)
-      : fd_(fd), addr_(std::move(addr)), reader_(redisReaderCreateWithFunctions(&kReplyFunctions)), buf_(read_chunk) {
+      : fd_(fd), addr_(std::move(addr)), reader_(redisReaderCreateWithFunctions(&kReplyFunctions)), chunk_(read_chunk) {
+#if HIREDIS_MAJOR != 0
+    buf_.resize(chunk_);
+#endif
     // Keep the reader's buffer between replies: regrowing it to a multi-MiB value costs
     // page faults on every read. A pooled connection holds about its largest reply.
     if (reader_ != nullptr) reader_->maxbuf = 0;
@@ -191,13 +205,12 @@ class RedisClient::Connection {
       if (rc != REDIS_OK)
         return Fail(Status::IOError("redis " + addr_ + ": protocol error: " + std::string(reader_->errstr)));
       if (obj != nullptr) return std::unique_ptr<RedisReply>(static_cast<RedisReply*>(obj));
-      ssize_t n = ::read(fd_, buf_.data(), buf_.size());
+      ssize_t n = ReadIntoReader();
       if (n > 0) {
         *received += static_cast<uint64_t>(n);
-        if (redisReaderFeed(reader_, buf_.data(), static_cast<size_t>(n)) != REDIS_OK)
-          return Fail(Status::NoMemory("redis " + addr_ + ": reader buffer"));
         continue;
       }
+      if (n == -2) return Fail(Status::NoMemory("redis " + addr_ + ": reader buffer"));
       if (n == 0) return Fail(Status::IOError("redis " + addr_ + ": connection closed by the server"));
       if (errno == EINTR) continue;
       if (errno != EAGAIN && errno != EWOULDBLOCK)
@@ -210,6 +223,29 @@ class RedisClient::Connection {
   void MarkBroken() { broken_ = true; }
 
  private:
+  // read() of up to chunk_ bytes into the reader; -2 when its buffer cannot grow.
+  ssize_t ReadIntoReader() {
+#if HIREDIS_MAJOR == 0
+    // hiredis 0.x: straight into the reader's sds buffer, saving the copy redisReaderFeed
+    // would make (one memcpy of every value byte; the buffer is a public field of the
+    // reader and grows with sds's own function, as redisReaderFeed grows it).
+    if (reader_->buf == nullptr) return -2;
+    sds grown = sdsMakeRoomFor(reader_->buf, chunk_);
+    if (grown == nullptr) return -2;
+    reader_->buf = grown;
+    ssize_t n = ::read(fd_, reader_->buf + reader_->len, chunk_);
+    if (n > 0) {
+      sdsIncrLen(reader_->buf, static_cast<int>(n));
+      reader_->len = sdslen(reader_->buf);
+    }
+    return n;
+#else
+    ssize_t n = ::read(fd_, buf_.data(), buf_.size());
+    if (n > 0 && redisReaderFeed(reader_, buf_.data(), static_cast<size_t>(n)) != REDIS_OK) return -2;
+    return n;
+#endif
+  }
+
   Status Wait(short events) {
     for (;;) {
       int ms = MillisLeft(deadline_);
@@ -228,7 +264,8 @@ class RedisClient::Connection {
   int fd_;
   std::string addr_;
   redisReader* reader_;
-  std::vector<char> buf_;
+  size_t chunk_;           // bytes per read()
+  std::vector<char> buf_;  // hiredis 1.x: what read() fills before redisReaderFeed
   RedisDeadline deadline_{};
   bool broken_ = false;
 };
@@ -244,23 +281,30 @@ struct RedisClient::Node {
 
 namespace {
 
-Status SendCommand(RedisClient::Connection* c, const std::vector<RedisArg>& args, uint64_t* sent) {
-  std::string head = "*" + std::to_string(args.size()) + "\r\n";
+// Appends the RESP encoding of `args` to `iov`; the framing bytes go to `frames` (a deque:
+// its strings never move), the argument bytes are referenced where they are.
+void EncodeCommand(const std::vector<RedisArg>& args, std::deque<std::string>* frames, std::vector<iovec>* iov) {
+  std::string& head = frames->emplace_back("*" + std::to_string(args.size()) + "\r\n");
   std::vector<size_t> cut;  // offsets in head where an argument's bytes go
   for (const RedisArg& a : args) {
     AppendBulkHeader(&head, a.head.size() + a.tail.size());
     cut.push_back(head.size());
     head.append("\r\n");
   }
-  std::vector<iovec> iov;
   size_t pos = 0;
   for (size_t i = 0; i < args.size(); ++i) {
-    iov.push_back({head.data() + pos, cut[i] - pos});
-    if (!args[i].head.empty()) iov.push_back({const_cast<char*>(args[i].head.data()), args[i].head.size()});
-    if (!args[i].tail.empty()) iov.push_back({const_cast<char*>(args[i].tail.data()), args[i].tail.size()});
+    iov->push_back({head.data() + pos, cut[i] - pos});
+    if (!args[i].head.empty()) iov->push_back({const_cast<char*>(args[i].head.data()), args[i].head.size()});
+    if (!args[i].tail.empty()) iov->push_back({const_cast<char*>(args[i].tail.data()), args[i].tail.size()});
     pos = cut[i];
   }
-  iov.push_back({head.data() + pos, head.size() - pos});
+  iov->push_back({head.data() + pos, head.size() - pos});
+}
+
+Status SendCommand(RedisClient::Connection* c, const std::vector<RedisArg>& args, uint64_t* sent) {
+  std::deque<std::string> frames;
+  std::vector<iovec> iov;
+  EncodeCommand(args, &frames, &iov);
   return c->Write(iov, sent);
 }
 
@@ -585,11 +629,15 @@ Status RedisClient::Execute(std::span<RedisCommand> commands, RedisDeadline dead
       }
       g.conn = std::move(*c);
       g.conn->set_deadline(deadline);
+      // The node's whole pipeline in one sendmsg() series.
+      std::deque<std::string> frames;
+      std::vector<iovec> iov;
+      static const std::vector<RedisArg> kAsking = {RedisArg("ASKING")};
       for (const Pending& p : g.items) {
-        if (p.ask) g.status = SendCommand(g.conn.get(), {RedisArg("ASKING")}, &sent);
-        if (g.status.ok()) g.status = SendCommand(g.conn.get(), commands[p.index].args, &sent);
-        if (!g.status.ok()) break;
+        if (p.ask) EncodeCommand(kAsking, &frames, &iov);
+        EncodeCommand(commands[p.index].args, &frames, &iov);
       }
+      g.status = g.conn->Write(iov, &sent);
     }
     // Read everything.
     for (Group& g : groups) {

@@ -1,9 +1,14 @@
 #include "tiers/redis/redis_tier.h"
 
 #include <lz4.h>
+#include <xxhash.h>
+#if defined(__x86_64__)
+#include <xxh_x86dispatch.h>  // the same XXH3 kernels ChunkChecksum uses
+#endif
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <string_view>
 
 namespace kvtier {
@@ -42,16 +47,20 @@ class ChunkSink final : public BulkSink {
       return;
     }
     const uint8_t* stored = data + kChunkHeaderBytes;
-    if (ChunkChecksum(stored, h->payload_bytes) != h->payload_checksum) {
-      status_ = Status::Corruption("redis value: payload checksum mismatch");
-      return;
-    }
     if (h->raw_bytes != dst_.size()) {  // CheckChunkIdentity already ties raw_bytes to the shape
       status_ = Status::Corruption("redis value: raw size differs from the destination");
       return;
     }
     if (h->codec == Codec::kNone) {
-      if (h->payload_bytes > 0) std::memcpy(dst_.data(), stored, h->payload_bytes);
+      // Copy and checksum in cache-sized blocks (one pass over memory instead of two); the
+      // destination is scratch until the checksum matches.
+      if (!CopyVerified(stored, h->payload_bytes, h->payload_checksum)) {
+        status_ = Status::Corruption("redis value: payload checksum mismatch");
+        return;
+      }
+    } else if (ChunkChecksum(stored, h->payload_bytes) != h->payload_checksum) {
+      status_ = Status::Corruption("redis value: payload checksum mismatch");
+      return;
     } else if (h->codec == Codec::kLz4) {
       if (h->payload_bytes > static_cast<uint64_t>(LZ4_MAX_INPUT_SIZE) || dst_.size() > static_cast<uint64_t>(INT32_MAX)) {
         status_ = Status::Corruption("redis value: LZ4 sizes exceed what LZ4 can hold");
@@ -70,6 +79,24 @@ class ChunkSink final : public BulkSink {
     status_ = Status::OK();
   }
 
+  bool CopyVerified(const uint8_t* src, uint64_t n, uint64_t checksum) {
+    constexpr uint64_t kBlock = 64 << 10;
+    if (n <= kBlock) {
+      if (n > 0) std::memcpy(dst_.data(), src, n);
+      return ChunkChecksum(dst_.data(), n) == checksum;
+    }
+    std::unique_ptr<XXH3_state_t, XXH_errorcode (*)(XXH3_state_t*)> st(XXH3_createState(), XXH3_freeState);
+    if (!st || XXH3_64bits_reset(st.get()) != XXH_OK) {  // no memory for the state: two passes
+      std::memcpy(dst_.data(), src, n);
+      return ChunkChecksum(dst_.data(), n) == checksum;
+    }
+    for (uint64_t off = 0; off < n; off += kBlock) {
+      const uint64_t len = std::min(kBlock, n - off);
+      std::memcpy(dst_.data() + off, src + off, len);
+      (void)XXH3_64bits_update(st.get(), dst_.data() + off, len);
+    }
+    return XXH3_64bits_digest(st.get()) == checksum;
+  }
   bool called() const { return called_; }
   uint64_t bytes() const { return bytes_; }
   const Status& status() const { return status_; }
@@ -104,7 +131,8 @@ Result<std::unique_ptr<RedisTier>> RedisTier::Open(const RedisTierOptions& optio
   if (options.key_prefix.empty()) return Status::InvalidArgument("redis tier: key_prefix must not be empty");
   if (options.max_batch_values == 0 || options.max_batch_bytes == 0)
     return Status::InvalidArgument("redis tier: max_batch_values and max_batch_bytes must be > 0");
-  if (options.op_timeout.count() <= 0) return Status::InvalidArgument("redis tier: op_timeout must be > 0");
+  if (options.op_timeout.count() <= 0 || options.op_timeout_per_mib.count() < 0)
+    return Status::InvalidArgument("redis tier: op_timeout must be > 0 and op_timeout_per_mib >= 0");
   RedisClientOptions co;
   co.mode = options.mode;
   co.seeds = options.seeds;
@@ -121,8 +149,10 @@ Result<std::unique_ptr<RedisTier>> RedisTier::Open(const RedisTierOptions& optio
   return std::unique_ptr<RedisTier>(new RedisTier(options, std::move(*client)));
 }
 
-RedisDeadline RedisTier::DeadlineOr(RedisDeadline d) const {
-  return d == RedisDeadline{} ? RedisClock::now() + options_.op_timeout : d;
+RedisDeadline RedisTier::DeadlineOr(RedisDeadline d, uint64_t value_bytes) const {
+  if (d != RedisDeadline{}) return d;
+  auto per_bytes = std::chrono::duration_cast<RedisClock::duration>(options_.op_timeout_per_mib * (value_bytes >> 20));
+  return RedisClock::now() + options_.op_timeout + per_bytes;
 }
 
 std::string RedisTier::KeyFor(const NamespaceId& ns, const ChunkKey& key) const {
@@ -143,7 +173,9 @@ void RedisTier::Run(std::span<RedisCommand> commands, std::span<const uint64_t> 
 }
 
 Status RedisTier::Put(std::span<RedisPutItem> items, RedisDeadline deadline) {
-  deadline = DeadlineOr(deadline);
+  uint64_t total = 0;
+  for (const RedisPutItem& it : items) total += it.payload.size();
+  deadline = DeadlineOr(deadline, total);
   puts_.fetch_add(items.size(), std::memory_order_relaxed);
   CircuitBreaker::Decision d = breaker_.Allow();
   if (d == CircuitBreaker::Decision::kReject) {
@@ -246,7 +278,9 @@ Status RedisTier::Put(std::span<RedisPutItem> items, RedisDeadline deadline) {
 }
 
 void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline) {
-  deadline = DeadlineOr(deadline);
+  uint64_t total = 0;
+  for (const RedisGetItem& it : items) total += it.dst.size();
+  deadline = DeadlineOr(deadline, total);
   gets_.fetch_add(items.size(), std::memory_order_relaxed);
   CircuitBreaker::Decision d = breaker_.Allow();
   if (d == CircuitBreaker::Decision::kReject) {
@@ -347,7 +381,7 @@ void RedisTier::DeleteKeys(const std::vector<std::string>& keys, RedisDeadline d
 }
 
 void RedisTier::Exists(std::span<RedisExistsItem> items, RedisDeadline deadline) {
-  deadline = DeadlineOr(deadline);
+  deadline = DeadlineOr(deadline, 0);
   exists_probes_.fetch_add(items.size(), std::memory_order_relaxed);
   for (RedisExistsItem& it : items) it.exists = false;
   if (items.empty()) return;
@@ -380,7 +414,7 @@ void RedisTier::Exists(std::span<RedisExistsItem> items, RedisDeadline deadline)
 }
 
 Status RedisTier::Remove(const NamespaceId& ns, const ChunkKey& key, RedisDeadline deadline) {
-  deadline = DeadlineOr(deadline);
+  deadline = DeadlineOr(deadline, 0);
   if (breaker_.Allow() == CircuitBreaker::Decision::kReject)
     return Status::Busy("redis tier: circuit breaker open; remove skipped");
   std::string k = KeyFor(ns, key);

@@ -13,10 +13,10 @@
 // kOk, kNotFound (absent), kCorruption (a check failed: treated as a miss, the key is
 // deleted), kUnavailable (breaker open, timeout, connection or server error) or kInvalid
 // (the caller's item is malformed). Get never leaves unverified bytes in a destination
-// under kOk: an uncompressed value is checked (header, identity, length, checksum) while
-// still in the reader's buffer and only then copied; an LZ4 value is checksummed before it
-// is decompressed into the destination. A destination may hold scratch after a non-kOk
-// outcome.
+// under kOk: the header, identity and length are checked while the value is still in the
+// reader's buffer; an uncompressed payload is then copied and checksummed block by block (one
+// pass), an LZ4 payload is checksummed before it is decompressed into the destination. A
+// destination may hold scratch after a non-kOk outcome.
 //
 // A CircuitBreaker (circuit_breaker.h) guards every call: a call with any unanswered item
 // is a failure, a fully answered one a success. While open, Get/Exists return misses
@@ -52,9 +52,13 @@ struct RedisTierOptions {
   std::vector<std::string> seeds;  // "host:port"; standalone: the server; cluster: any nodes
   std::string username;            // ACL user (needs password); empty: the default user
   std::string password;            // empty: no AUTH
-  uint32_t pool_size = 8;          // idle connections kept per node
+  uint32_t pool_size = 8;          // idle connections kept per node; each keeps a read buffer
+                                   // as large as the largest value it received
   std::chrono::milliseconds connect_timeout{500};
-  std::chrono::milliseconds op_timeout{2000};  // deadline of one Put/Get/Exists/Remove call
+  // Deadline of one Put/Get/Exists/Remove call: op_timeout plus op_timeout_per_mib for each
+  // MiB of values it moves (the default allows ~0.5 GB/s before a large batch times out).
+  std::chrono::milliseconds op_timeout{2000};
+  std::chrono::microseconds op_timeout_per_mib{2000};
   uint32_t ttl_seconds = 0;                     // 0: keys do not expire
   RedisCompression compression = RedisCompression::kNone;
   std::string key_prefix = "kvt";
@@ -117,7 +121,7 @@ class RedisTier {
   RedisTier(const RedisTier&) = delete;
   RedisTier& operator=(const RedisTier&) = delete;
 
-  // A zero deadline means now + op_timeout.
+  // A zero deadline means now + op_timeout (+ op_timeout_per_mib per MiB of values).
   // Saves each item (SET key value [EX ttl]). Returns OK when every item is kOk, else the
   // first item's failure.
   Status Put(std::span<RedisPutItem> items, RedisDeadline deadline = {});
@@ -136,7 +140,7 @@ class RedisTier {
 
  private:
   RedisTier(const RedisTierOptions& options, std::unique_ptr<RedisClient> client);
-  RedisDeadline DeadlineOr(RedisDeadline d) const;
+  RedisDeadline DeadlineOr(RedisDeadline d, uint64_t value_bytes) const;
   // Runs commands in slices of max_batch_values / max_batch_bytes (value_bytes[i] is the
   // size of command i's value); reports the call's outcome to the breaker.
   void Run(std::span<RedisCommand> commands, std::span<const uint64_t> value_bytes, RedisDeadline deadline);

@@ -1,0 +1,316 @@
+#include "bench/redis_limit.h"
+
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <cstdlib>
+#include <filesystem>
+#include <random>
+#include <mutex>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include "tiers/redis/redis_client.h"
+
+extern char** environ;
+
+namespace kvtier::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+Result<redisContext*> ConnectRaw(const RedisEndpoint& ep) {
+  timeval tv{5, 0};
+  redisContext* c = redisConnectWithTimeout(ep.host.c_str(), ep.port, tv);
+  if (c == nullptr) return Status::NoMemory("redis limit: cannot allocate a hiredis context");
+  if (c->err != 0) {
+    Status s = Status::IOError("redis limit: connect " + ep.host + ":" + std::to_string(ep.port) + ": " + c->errstr);
+    redisFree(c);
+    return s;
+  }
+  redisSetTimeout(c, timeval{30, 0});
+  if (!ep.password.empty()) {
+    redisReply* r = ep.username.empty()
+                        ? static_cast<redisReply*>(redisCommand(c, "AUTH %s", ep.password.c_str()))
+                        : static_cast<redisReply*>(redisCommand(c, "AUTH %s %s", ep.username.c_str(), ep.password.c_str()));
+    bool ok = r != nullptr && r->type != REDIS_REPLY_ERROR;
+    std::string msg = r != nullptr && r->type == REDIS_REPLY_ERROR ? r->str : "no reply";
+    if (r != nullptr) freeReplyObject(r);
+    if (!ok) {
+      redisFree(c);
+      return Status::InvalidArgument("redis limit: AUTH failed: " + msg);
+    }
+  }
+  return c;
+}
+
+// One phase on one connection: `count` commands, `depth` in flight.
+Status Phase(redisContext* c, bool set, const std::vector<std::string>& keys, const std::string& value,
+             uint32_t count, uint32_t depth) {
+  uint32_t sent = 0, got = 0;
+  while (got < count) {
+    while (sent < count && sent - got < depth) {
+      const std::string& key = keys[sent % keys.size()];
+      const char* argv[3] = {set ? "SET" : "GET", key.data(), value.data()};
+      size_t lens[3] = {3, key.size(), value.size()};
+      if (redisAppendCommandArgv(c, set ? 3 : 2, argv, lens) != REDIS_OK)
+        return Status::IOError(std::string("redis limit: append: ") + c->errstr);
+      ++sent;
+    }
+    void* reply = nullptr;
+    if (redisGetReply(c, &reply) != REDIS_OK || reply == nullptr)
+      return Status::IOError(std::string("redis limit: reply: ") + c->errstr);
+    auto* r = static_cast<redisReply*>(reply);
+    bool bad = r->type == REDIS_REPLY_ERROR || (!set && (r->type != REDIS_REPLY_STRING || static_cast<size_t>(r->len) != value.size()));
+    std::string err = r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply";
+    freeReplyObject(r);
+    if (bad) return Status::IOError("redis limit: " + err);
+    ++got;
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
+Result<RedisRawLimit> MeasureRedisRawLimit(const RedisEndpoint& ep, uint64_t value_bytes, uint32_t connections,
+                                           uint32_t depth, uint32_t values_per_connection, const std::string& key_prefix) {
+  if (connections == 0 || depth == 0 || values_per_connection == 0)
+    return Status::InvalidArgument("redis limit: connections, depth and values must be > 0");
+  std::vector<redisContext*> ctx;
+  for (uint32_t i = 0; i < connections; ++i) {
+    Result<redisContext*> c = ConnectRaw(ep);
+    if (!c.ok()) {
+      for (redisContext* x : ctx) redisFree(x);
+      return c.status();
+    }
+    ctx.push_back(*c);
+  }
+  std::string value(value_bytes, '\0');
+  for (size_t i = 0; i < value.size(); ++i) value[i] = static_cast<char>((i * 131) ^ (i >> 9));
+  std::vector<std::vector<std::string>> keys(connections);
+  for (uint32_t c = 0; c < connections; ++c)
+    for (uint32_t i = 0; i < depth; ++i) keys[c].push_back(key_prefix + ":raw:" + std::to_string(c) + ":" + std::to_string(i));
+
+  RedisRawLimit out;
+  out.values = uint64_t{connections} * values_per_connection;
+  Status first;
+  for (bool set : {true, false}) {
+    std::vector<Status> st(connections);
+    auto t0 = Clock::now();
+    std::vector<std::thread> threads;
+    for (uint32_t c = 0; c < connections; ++c)
+      threads.emplace_back([&, c] { st[c] = Phase(ctx[c], set, keys[c], value, values_per_connection, depth); });
+    for (auto& t : threads) t.join();
+    double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    for (const Status& s : st)
+      if (!s.ok() && first.ok()) first = s;
+    double gbps = static_cast<double>(out.values * value_bytes) / secs / 1e9;
+    (set ? out.set_gbps : out.get_gbps) = gbps;
+  }
+  for (uint32_t c = 0; c < connections; ++c) {
+    for (const std::string& k : keys[c]) redisAppendCommand(ctx[c], "DEL %b", k.data(), k.size());
+    for (size_t i = 0; i < keys[c].size(); ++i) {
+      void* r = nullptr;
+      if (redisGetReply(ctx[c], &r) == REDIS_OK && r != nullptr) freeReplyObject(r);
+    }
+    redisFree(ctx[c]);
+  }
+  if (!first.ok()) return first;
+  return out;
+}
+
+namespace {
+
+class CopySink final : public BulkSink {
+ public:
+  explicit CopySink(std::vector<char>* dst) : dst_(dst) {}
+  void OnBulk(const uint8_t* data, size_t len) override {
+    ok_ = len == dst_->size();
+    if (ok_) std::memcpy(dst_->data(), data, len);
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  std::vector<char>* dst_;
+  bool ok_ = false;
+};
+
+}  // namespace
+
+Result<RedisRawLimit> MeasureRedisClientLimit(const RedisEndpoint& ep, uint64_t value_bytes, uint32_t connections,
+                                              uint32_t depth, uint32_t values_per_connection, const std::string& key_prefix) {
+  if (connections == 0 || depth == 0 || values_per_connection == 0)
+    return Status::InvalidArgument("redis limit: connections, depth and values must be > 0");
+  RedisClientOptions o;
+  o.seeds = {ep.host + ":" + std::to_string(ep.port)};
+  o.username = ep.username;
+  o.password = ep.password;
+  o.pool_size = connections;
+  Result<std::unique_ptr<RedisClient>> client = RedisClient::Open(o);
+  if (!client.ok()) return client.status();
+  std::string value(value_bytes, '\0');
+  for (size_t i = 0; i < value.size(); ++i) value[i] = static_cast<char>((i * 131) ^ (i >> 9));
+  RedisRawLimit out;
+  out.values = uint64_t{connections} * values_per_connection;
+  Status first;
+  for (bool set : {true, false}) {
+    std::vector<Status> st(connections);
+    auto t0 = Clock::now();
+    std::vector<std::thread> threads;
+    for (uint32_t c = 0; c < connections; ++c)
+      threads.emplace_back([&, c] {
+        std::vector<std::string> keys;
+        for (uint32_t i = 0; i < depth; ++i) keys.push_back(key_prefix + ":client:" + std::to_string(c) + ":" + std::to_string(i));
+        std::vector<std::vector<char>> dst(set ? 0 : depth, std::vector<char>(value_bytes));
+        for (uint32_t done = 0; done < values_per_connection && st[c].ok(); done += depth) {
+          std::vector<RedisCommand> cmds(depth);
+          std::vector<CopySink> sinks;
+          sinks.reserve(depth);
+          for (uint32_t i = 0; i < depth; ++i) {
+            cmds[i].key = keys[i];
+            if (set) {
+              cmds[i].args = {RedisArg("SET"), RedisArg(keys[i]), RedisArg(value)};
+            } else {
+              sinks.emplace_back(&dst[i]);
+              cmds[i].args = {RedisArg("GET"), RedisArg(keys[i])};
+              cmds[i].sink = &sinks[i];
+            }
+          }
+          st[c] = (*client)->Execute(cmds, RedisClock::now() + std::chrono::seconds(60));
+          for (uint32_t i = 0; i < depth && st[c].ok(); ++i)
+            if (cmds[i].reply->type == RedisReply::Type::kError || (!set && !sinks[i].ok()))
+              st[c] = Status::IOError("redis client limit: unexpected reply " + cmds[i].reply->str);
+        }
+      });
+    for (auto& t : threads) t.join();
+    double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    for (const Status& s : st)
+      if (!s.ok() && first.ok()) first = s;
+    uint64_t moved = uint64_t{connections} * ((values_per_connection + depth - 1) / depth * depth);
+    (set ? out.set_gbps : out.get_gbps) = static_cast<double>(moved * value_bytes) / secs / 1e9;
+  }
+  std::vector<RedisCommand> del(uint64_t{connections} * depth);
+  std::vector<std::string> keys;
+  for (uint32_t c = 0; c < connections; ++c)
+    for (uint32_t i = 0; i < depth; ++i) keys.push_back(key_prefix + ":client:" + std::to_string(c) + ":" + std::to_string(i));
+  for (size_t i = 0; i < keys.size(); ++i) {
+    del[i].key = keys[i];
+    del[i].args = {RedisArg("DEL"), RedisArg(keys[i])};
+  }
+  (void)(*client)->Execute(del, RedisClock::now() + std::chrono::seconds(10));
+  if (!first.ok()) return first;
+  return out;
+}
+
+Result<double> RedisBenchmarkGbps(const RedisEndpoint& ep, uint64_t value_bytes, const std::string& test, uint32_t requests) {
+  if (::access("/usr/bin/redis-benchmark", X_OK) != 0 && std::system("command -v redis-benchmark >/dev/null 2>&1") != 0)
+    return Status::NotFound("redis-benchmark is not installed (Debian package redis-tools)");
+  if (test != "get" && test != "set") return Status::InvalidArgument("redis-benchmark test must be get or set");
+  std::ostringstream cmd;
+  cmd << "redis-benchmark -h " << ep.host << " -p " << ep.port;
+  if (!ep.username.empty()) cmd << " --user '" << ep.username << "'";
+  if (!ep.password.empty()) cmd << " -a '" << ep.password << "'";
+  cmd << " -d " << value_bytes << " -P 4 -c 4 -t " << test << " -n " << requests << " --csv 2>/dev/null";
+  FILE* f = ::popen(cmd.str().c_str(), "r");
+  if (f == nullptr) return Status::IOError("cannot run redis-benchmark");
+  std::string out;
+  char buf[512];
+  while (std::fgets(buf, sizeof buf, f) != nullptr) out += buf;
+  int rc = ::pclose(f);
+  // CSV: a header line, then "SET","<rps>",... (redis 7) or "SET","<rps>" (older).
+  std::istringstream in(out);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::string name = test == "get" ? "\"GET\"" : "\"SET\"";
+    if (line.rfind(name, 0) != 0) continue;
+    size_t q1 = line.find('"', name.size());
+    size_t q2 = q1 == std::string::npos ? q1 : line.find('"', q1 + 1);
+    if (q2 == std::string::npos) break;
+    double rps = std::strtod(line.substr(q1 + 1, q2 - q1 - 1).c_str(), nullptr);
+    if (rps <= 0) break;
+    return rps * static_cast<double>(value_bytes) / 1e9;
+  }
+  return Status::IOError("redis-benchmark gave no " + test + " figure (exit " + std::to_string(rc) + "): " + out.substr(0, 200));
+}
+
+Result<RedisEndpoint> ParseRedisEndpoint(const std::string& host_port) {
+  const size_t colon = host_port.rfind(':');
+  char* end = nullptr;
+  const long port = colon == std::string::npos ? 0 : std::strtol(host_port.c_str() + colon + 1, &end, 10);
+  if (colon == std::string::npos || colon == 0 || end == nullptr || *end != '\0' || port <= 0 || port > 65535)
+    return Status::InvalidArgument("--redis wants host:port, got '" + host_port + "'");
+  RedisEndpoint ep;
+  ep.host = host_port.substr(0, colon);
+  ep.port = static_cast<int>(port);
+  return ep;
+}
+
+Status RedisFlushAll(const RedisEndpoint& ep) {
+  Result<redisContext*> c = ConnectRaw(ep);
+  if (!c.ok()) return c.status();
+  redisReply* r = static_cast<redisReply*>(redisCommand(*c, "FLUSHALL"));
+  const bool ok = r != nullptr && r->type != REDIS_REPLY_ERROR;
+  if (r != nullptr) freeReplyObject(r);
+  redisFree(*c);
+  return ok ? Status::OK() : Status::IOError("redis: FLUSHALL failed");
+}
+
+Result<std::unique_ptr<LocalRedisServer>> LocalRedisServer::Start() {
+  std::unique_ptr<LocalRedisServer> srv(new LocalRedisServer());
+  const char* tmp = std::getenv("TMPDIR");
+  std::string templ = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/kvtier_redis_XXXXXX";
+  if (::mkdtemp(templ.data()) == nullptr) return Status::IOError("cannot make a temp dir for redis-server");
+  srv->dir_ = templ;
+  for (int attempt = 0; attempt < 20; ++attempt) {
+    const int port = 20000 + static_cast<int>(std::random_device{}() % 30000);
+    std::vector<std::string> argv = {"redis-server", "--port", std::to_string(port), "--bind", "127.0.0.1",
+                                     "--save", "", "--appendonly", "no", "--dir", srv->dir_, "--logfile",
+                                     srv->dir_ + "/redis.log", "--daemonize", "no"};
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(a.data());
+    args.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    const int rc = posix_spawnp(&srv->pid_, "redis-server", &fa, nullptr, args.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) {
+      srv->pid_ = -1;
+      return Status::NotFound("redis-server is not installed (Debian package redis-server); or pass --redis host:port");
+    }
+    srv->ep_.host = "127.0.0.1";
+    srv->ep_.port = port;
+    for (int i = 0; i < 200; ++i) {
+      int st = 0;
+      if (::waitpid(srv->pid_, &st, WNOHANG) == srv->pid_) {  // exited: port taken, try another
+        srv->pid_ = -1;
+        break;
+      }
+      if (MeasureRedisRawLimit(srv->ep_, 1, 1, 1, 1).ok()) return srv;
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+    if (srv->pid_ > 0) return Status::IOError("redis-server did not answer on port " + std::to_string(port));
+  }
+  return Status::IOError("could not start redis-server on a free port");
+}
+
+LocalRedisServer::~LocalRedisServer() {
+  if (pid_ > 0) {
+    ::kill(pid_, SIGKILL);
+    int st = 0;
+    ::waitpid(pid_, &st, 0);
+  }
+  std::error_code ec;
+  if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
+}
+
+}  // namespace kvtier::bench
