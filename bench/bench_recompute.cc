@@ -199,6 +199,10 @@ struct MeasuredPrefill {
   std::string device, engine;
   uint64_t context = 0;
   double prefill_s = 0;
+  // Optional: a real cached request the adapter timed (bench e2e --prefill-jsonl).
+  uint64_t cached_tokens = 0;
+  std::string tier;  // where the adapter loaded from (host or nvme); empty: every tier
+  double tail_prefill_s = 0, ttft_full_s = 0, ttft_cached_s = 0, load_s = 0;
 };
 
 Result<std::vector<MeasuredPrefill>> ReadMeasuredPrefill(const std::string& path) {
@@ -227,6 +231,12 @@ Result<std::vector<MeasuredPrefill>> ReadMeasuredPrefill(const std::string& path
     m.model.dtype = *dt;
     m.context = static_cast<uint64_t>(num("context_tokens"));
     m.prefill_s = num("prefill_s");
+    m.cached_tokens = static_cast<uint64_t>(num("cached_tokens"));
+    m.tier = j->strings.count("tier") ? j->strings.at("tier") : "";
+    m.tail_prefill_s = num("tail_prefill_s");
+    m.ttft_full_s = num("ttft_full_s");
+    m.ttft_cached_s = num("ttft_cached_s");
+    m.load_s = num("load_s");
     if (m.model.layers == 0 || m.model.kv_heads == 0 || m.model.head_dim == 0 || m.context == 0 || !(m.prefill_s > 0))
       return Status::InvalidArgument(where + "needs layers, kv_heads, head_dim, context_tokens and prefill_s > 0 "
                                      "(see docs/recompute.md)");
@@ -1101,6 +1111,50 @@ int RunBenchRecompute(const std::vector<std::string>& argv) {
           std::printf("%-24.24s %-6.6s %-12.12s %8s %12.1f %-5s %10.2f %8.1f%s\n", mp.model.name.c_str(),
                       mp.device.c_str(), mp.engine.c_str(), Tokens(mp.context).c_str(), mp.prefill_s * 1e3, t.c_str(),
                       load * 1e3, load > 0 ? mp.prefill_s / load : 0.0, measured ? "" : " *");
+        }
+      }
+    }
+  }
+
+  // ---- a real cached request (timed by the adapter) next to this bench's prediction for it:
+  // TTFT with the cache = the tail's prefill + loading the cached prefix from the tier,
+  // where the load is what this run measured through the Store for the same KV shape.
+  bool any_real = false;
+  for (const MeasuredPrefill& mp : measured_prefill)
+    any_real = any_real || (mp.cached_tokens > 0 && mp.ttft_full_s > 0 && mp.ttft_cached_s > 0);
+  if (any_real) {
+    if (!json)
+      std::printf("\nA real cached request (adapter-timed TTFT) vs this bench's prediction for it\n"
+                  "%-24s %-5s %7s %7s %10s %10s %10s %10s %11s %11s %11s %7s\n",
+                  "model", "tier", "context", "cached", "ttft full", "ttft hit", "tail pref", "load(adp)",
+                  "load(bench)", "saved ms", "pred saved", "pred/real");
+    for (const MeasuredPrefill& mp : measured_prefill) {
+      if (mp.cached_tokens == 0 || mp.ttft_full_s <= 0 || mp.ttft_cached_s <= 0) continue;
+      for (const std::string& t : tiers) {
+        if (!mp.tier.empty() && mp.tier != t) continue;
+        const TierCurve& c = runs[run_of.at(ShapeKey(ShapeOf(mp.model, ct)))].tiers.at(t);
+        bool measured = false;
+        const double load = c.Estimate(mp.cached_tokens / ct * ct, &measured);
+        const double tail = mp.tail_prefill_s > 0 ? mp.tail_prefill_s
+                                                  : mp.prefill_s * static_cast<double>(mp.context - mp.cached_tokens) /
+                                                        static_cast<double>(mp.context);
+        const double predicted_hit = tail + load;
+        const double real_saving = mp.ttft_full_s - mp.ttft_cached_s;
+        const double predicted_saving = mp.ttft_full_s - predicted_hit;
+        const double ratio = real_saving != 0 ? predicted_saving / real_saving : 0.0;
+        if (json) {
+          Report(true).Add("bench", "recompute").Add("section", "real_request").Add("model", mp.model.name)
+              .Add("tier", t).Add("context_tokens", mp.context).Add("cached_tokens", mp.cached_tokens)
+              .Add("ttft_full_s", mp.ttft_full_s, 6).Add("ttft_cached_s", mp.ttft_cached_s, 6)
+              .Add("tail_prefill_s", tail, 6).Add("adapter_load_s", mp.load_s, 6).Add("bench_load_s", load, 6)
+              .Add("load_measured", measured ? "true" : "false").Add("real_saving_s", real_saving, 6)
+              .Add("predicted_saving_s", predicted_saving, 6).Add("predicted_over_real", ratio, 3)
+              .Print();
+        } else {
+          std::printf("%-24.24s %-5s %7s %7s %10.1f %10.1f %10.1f %10.2f %10.2f%s %11.1f %11.1f %7.3f\n",
+                      mp.model.name.c_str(), t.c_str(), Tokens(mp.context).c_str(), Tokens(mp.cached_tokens).c_str(),
+                      mp.ttft_full_s * 1e3, mp.ttft_cached_s * 1e3, tail * 1e3, mp.load_s * 1e3, load * 1e3,
+                      measured ? " " : "*", real_saving * 1e3, predicted_saving * 1e3, ratio);
         }
       }
     }

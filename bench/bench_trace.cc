@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "bench/bench.h"
+#include "bench/redis_limit.h"
 #include "bench/trace.h"
 #include "bench/trace_replay.h"
 
@@ -244,12 +245,14 @@ struct Context {
 
 // Chunks each tier read and wrote: host reads serve host hits, host writes are new saves
 // and promotions from NVMe; NVMe writes are demotions, NVMe reads promotions.
+// Redis: reads are its promotions, writes its demotions (write-back).
 struct Moved {
-  uint64_t host_read, host_write, nvme_read, nvme_write;
+  uint64_t host_read, host_write, nvme_read, nvme_write, redis_read, redis_write;
 };
 Moved MovedChunks(const ReplayResult& r) {
   return {r.tier_hit_blocks[static_cast<int>(TierId::kHost)], r.store.saved_chunks + r.store.promotions,
-          r.store.promotions, r.store.demotions};
+          r.store.promotions - r.store.redis_loaded_chunks, r.store.demotions,
+          r.store.redis_loaded_chunks, r.store.redis_saved_chunks};
 }
 
 std::string SummaryJson(const Context& c, const ReplayResult& r) {
@@ -275,8 +278,10 @@ std::string SummaryJson(const Context& c, const ReplayResult& r) {
       .Int("hit_tokens", r.hit_tokens)
       .Int("host_capacity_chunks", r.host_capacity_chunks)
       .Int("nvme_capacity_chunks", r.nvme_capacity_chunks)
+      .Int("redis_capacity_chunks", r.redis_capacity_chunks)
       .Raw("host", TierJson(r, TierId::kHost, m.host_read, m.host_write, modeled_chunk))
       .Raw("nvme", TierJson(r, TierId::kNvme, m.nvme_read, m.nvme_write, modeled_chunk))
+      .Raw("redis", TierJson(r, TierId::kRedis, m.redis_read, m.redis_write, modeled_chunk))
       .Num("prefill_saved_seconds_modeled", per_token_s * r.hit_tokens, 3)
       .Num("prefill_total_seconds_modeled", per_token_s * r.tokens, 3)
       .Raw("rounds", rounds)
@@ -301,8 +306,9 @@ void PrintSummary(const Context& c, const std::string& label, const ReplayResult
   std::printf("\n%s: replay %.2f s (%.0f requests/s), store open %.2f s\n", label.c_str(), r.replay_seconds,
               r.replay_seconds > 0 ? r.requests / r.replay_seconds : 0.0, r.open_seconds);
   std::printf("  hit ratio      blocks   tokens\n");
-  for (TierId t : {TierId::kHost, TierId::kNvme}) {
+  for (TierId t : {TierId::kHost, TierId::kNvme, TierId::kRedis}) {
     if (t == TierId::kNvme && r.nvme_capacity_chunks == 0) continue;
+    if (t == TierId::kRedis && r.redis_capacity_chunks == 0) continue;
     const int i = static_cast<int>(t);
     std::printf("    %-10s  %7.4f  %7.4f\n", TierName(t), Ratio(r.tier_hit_blocks[i], r.blocks),
                 Ratio(r.tier_hit_tokens[i], r.tokens));
@@ -321,6 +327,7 @@ void PrintSummary(const Context& c, const std::string& label, const ReplayResult
   };
   line("host", "read", m.host_read, "written", m.host_write);
   if (r.nvme_capacity_chunks > 0) line("nvme", "read", m.nvme_read, "written", m.nvme_write);
+  if (r.redis_capacity_chunks > 0) line("redis", "read", m.redis_read, "written", m.redis_write);
   if (c.model->active_params > 0) {
     const double per_token_s = 2 * c.model->active_params / (c.gpu_tflops * 1e12);
     std::printf("  prefill time saved (modeled: 2 x %.3g FLOPs/token at %.0f TFLOPS): %.4g s of %.4g s\n",
@@ -379,7 +386,7 @@ int RunBenchTrace(const std::vector<std::string>& argv) {
   const std::vector<std::string> flags = SplitPositional(argv, bools, &positional);
   Result<Args> a = Args::Parse(flags,
                                {"model", "shape", "block-tokens", "host-capacity-tokens", "nvme-capacity-tokens",
-                                "redis-capacity-tokens", "nvme-dir", "gpu-tflops", "max-host-gib", "workers"},
+                                "redis-capacity-tokens", "redis", "nvme-dir", "gpu-tflops", "max-host-gib", "workers"},
                                bools);
   if (!a.ok()) return Fail(a.status());
   if (positional.size() != 1)
@@ -389,11 +396,6 @@ int RunBenchTrace(const std::vector<std::string>& argv) {
         "not supported yet: --metadata-only: the Store has no metadata-only mode (every chunk it indexes has "
         "bytes in a tier); use --shape tiny, which runs the same index and placement with 8-byte tokens and "
         "reports bytes modeled at --model's KV size"));
-  if (a->Has("redis-capacity-tokens"))
-    return Fail(Status::NotSupported(
-        "not supported yet: --redis-capacity-tokens: the Store's Redis tier has no capacity of its own "
-        "(StoreConfig.redis has none; chunks leave Redis by TTL or the server's maxmemory policy, which the "
-        "index does not see), so a replay cannot hold it to a number of tokens"));
   const std::string model_name = a->Get("model", "llama3-8b");
   const TraceModel* model = FindTraceModel(model_name);
   if (model == nullptr) {
@@ -416,8 +418,21 @@ int RunBenchTrace(const std::vector<std::string>& argv) {
   const bool nvme = a->Has("nvme-capacity-tokens");
   Result<uint64_t> nvme_tokens = ParseTokens("nvme-capacity-tokens", a->Get("nvme-capacity-tokens", "inf"));
   if (!nvme_tokens.ok()) return Fail(nvme_tokens.status());
-  if (a->Has("compare-host-only") && !nvme)
-    return Fail(Status::InvalidArgument("--compare-host-only compares with a tiered run: add --nvme-capacity-tokens"));
+  const bool redis = a->Has("redis-capacity-tokens");
+  Result<uint64_t> redis_tokens = ParseTokens("redis-capacity-tokens", a->Get("redis-capacity-tokens", "inf"));
+  if (!redis_tokens.ok()) return Fail(redis_tokens.status());
+  if (a->Has("compare-host-only") && !nvme && !redis)
+    return Fail(Status::InvalidArgument(
+        "--compare-host-only compares with a tiered run: add --nvme-capacity-tokens or --redis-capacity-tokens"));
+  // Redis: the server at --redis, or one of the replay's own (emptied: nothing from before counts).
+  std::unique_ptr<LocalRedisServer> local_redis;
+  std::string redis_address = a->Get("redis", "");
+  if (redis && redis_address.empty()) {
+    Result<std::unique_ptr<LocalRedisServer>> l = LocalRedisServer::Start();
+    if (!l.ok()) return Fail(l.status());
+    local_redis = std::move(*l);
+    redis_address = local_redis->endpoint().host + ":" + std::to_string(local_redis->endpoint().port);
+  }
   const bool json = a->Has("json");
 
   Result<Trace> trace = LoadTrace(positional[0]);
@@ -478,6 +493,9 @@ int RunBenchTrace(const std::vector<std::string>& argv) {
       std::printf("; nvme tier: %s tokens = %llu chunks in %s, write-back",
                   *nvme_tokens ? std::to_string(*nvme_tokens).c_str() : "inf",
                   static_cast<unsigned long long>(nvme_chunks), dir->path.c_str());
+    if (redis)
+      std::printf("; redis tier: %s tokens at %s%s, write-back", *redis_tokens ? std::to_string(*redis_tokens).c_str() : "inf",
+                  redis_address.c_str(), local_redis ? " (started for this run)" : "");
     std::printf("\n");
   }
 
@@ -488,12 +506,21 @@ int RunBenchTrace(const std::vector<std::string>& argv) {
     o.shape = shape->shape;
     o.host_capacity_tokens = *host_tokens;
     o.nvme = nvme && pass == 0;
+    o.redis = redis && pass == 0;
+    o.redis_capacity_tokens = *redis_tokens;
+    o.redis_address = redis_address;
+    // Keys of this run only (a shared server may hold another run's chunks).
+    o.redis_key_prefix = "kvt-trace-" + std::to_string(::getpid()) + "-" +
+                         std::to_string(std::chrono::steady_clock::now().time_since_epoch().count());
     o.nvme_capacity_tokens = *nvme_tokens;
     if (o.nvme) o.nvme_dir = dir->path;
     o.nvme_buffered = a->Has("buffered");
     o.verify = !a->Has("no-verify");
     o.worker_threads = static_cast<uint32_t>(std::max<uint64_t>(*workers, 1));
-    const std::string label = o.nvme ? "host+nvme" : "host only";
+    const std::string label = o.nvme && o.redis ? "host+nvme+redis"
+                              : o.nvme          ? "host+nvme"
+                              : o.redis         ? "host+redis"
+                                                : "host only";
     ProgressBar bar(!a->Has("no-progress"), label);
     o.progress = [&bar](size_t done, size_t total) { bar.Update(done, total); };
     Result<ReplayResult> r = ReplayTrace(*trace, o);
@@ -518,7 +545,10 @@ int RunBenchTrace(const std::vector<std::string>& argv) {
         .Str("host_capacity_tokens", *host_tokens ? std::to_string(*host_tokens) : "inf")
         .Str("nvme_capacity_tokens", !nvme          ? "off"
                                      : *nvme_tokens ? std::to_string(*nvme_tokens)
-                                                    : "inf");
+                                                    : "inf")
+        .Str("redis_capacity_tokens", !redis          ? "off"
+                                      : *redis_tokens ? std::to_string(*redis_tokens)
+                                                      : "inf");
     std::string first = SummaryJson(ctx, runs[0].r);
     std::string out = j.Done();
     out.pop_back();  // merge the summary's fields into this object

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "bench/workload.h"
+#include "tiers/chunk_format.h"
 
 namespace kvtier::bench {
 namespace {
@@ -174,6 +175,14 @@ Result<ReplayResult> ReplayTrace(const Trace& trace, const ReplayOptions& o) {
     cfg.nvme.metadata_dir = o.nvme_dir + "/trace-nvme-meta";
     cfg.nvme.buffered = o.nvme_buffered;
     cfg.nvme.policy = WritePolicy::kWriteBack;
+  }
+  if (o.redis) {
+    res.redis_capacity_chunks = CapacityChunks(o.redis_capacity_tokens, B, trace.unique_blocks);
+    cfg.redis.enabled = true;
+    cfg.redis.addresses = {o.redis_address};
+    cfg.redis.policy = WritePolicy::kWriteBack;
+    cfg.redis.capacity_bytes = res.redis_capacity_chunks * (kChunkHeaderBytes + res.chunk_payload_bytes);
+    cfg.redis.key_prefix = o.redis_key_prefix;
   }
   const auto t_open = Clock::now();
   Result<std::unique_ptr<Store>> store = Store::Open(cfg);

@@ -58,6 +58,12 @@ struct ReplayOptions {
   uint64_t nvme_capacity_tokens = 0;  // 0: every unique block fits
   std::string nvme_dir;               // data file and metadata go here (must exist)
   bool nvme_buffered = false;         // no O_DIRECT
+  // Redis tier (write-back: what host eviction takes also goes to Redis), bounded by
+  // redis.capacity_bytes. The server must be reachable; keys use redis_key_prefix.
+  bool redis = false;
+  uint64_t redis_capacity_tokens = 0;  // 0: every unique block fits
+  std::string redis_address;           // host:port
+  std::string redis_key_prefix = "kvt-trace";
   bool verify = true;
   uint32_t worker_threads = 2;
   // Called after each request with (done, total) from the replaying thread.
@@ -91,6 +97,7 @@ struct ReplayResult {
   uint64_t slot_bytes = 0;
   uint64_t host_capacity_chunks = 0;
   uint64_t nvme_capacity_chunks = 0;
+  uint64_t redis_capacity_chunks = 0;
   std::vector<RoundStats> rounds;  // by round, ascending; empty without rounds
   double open_seconds = 0;         // Store::Open (the host region is prefaulted)
   double replay_seconds = 0;

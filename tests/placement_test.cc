@@ -292,9 +292,11 @@ TEST_F(NvmePlacement, LoadDuringPrefetchAndCancellation) {
   e.Open(store.get());
   ASSERT_TRUE(e.Save(1, 6).ok());
   ASSERT_TRUE(e.Save(2, 6).ok());
+  ASSERT_TRUE(e.Save(3, 2).ok());
+  ASSERT_TRUE(e.Save(4, 2).ok());
   for (uint32_t p = 0; p < 8; ++p) ASSERT_TRUE(e.Save(100 + p, 2).ok());
-  ASSERT_EQ(e.Lookup(1, 6).chunk_tiers[0], TierId::kNvme);
-  ASSERT_EQ(e.Lookup(2, 6).chunk_tiers[0], TierId::kNvme);
+  for (uint32_t p : {1u, 2u}) ASSERT_EQ(e.Lookup(p, 6).chunk_tiers[0], TierId::kNvme) << p;
+  for (uint32_t p : {3u, 4u}) ASSERT_EQ(e.Lookup(p, 2).chunk_tiers[0], TierId::kNvme) << p;
   FaultSpec slow;
   slow.latency_us = 20000;  // 20 ms per I/O
   env.SetFaults(slow);
@@ -303,16 +305,23 @@ TEST_F(NvmePlacement, LoadDuringPrefetchAndCancellation) {
   LookupResult r = e.Lookup(1, 6, o);
   ASSERT_NE(r.prefetch_id, 0u);
   EXPECT_EQ(e.Load(1, 6), 6u);  // joins the prefetch; bit-exact either way
+  while (store->CancelPrefetch(r.prefetch_id).ok()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   const StoreStats s1 = store->Stats();
   EXPECT_EQ(s1.promotions, 6u) << "a chunk was read from NVMe twice";
-  // Cancelled right away: stops before reading them all.
+  // Both workers busy with slow loads: the prefetch queues behind them, is cancelled before
+  // it runs, and reads nothing.
+  Result<Ticket> l3 = store->Load(e.ns, Prompt(3, 2 * kChunkTokens), Blocks(kDst, 2 * kBpc));
+  Result<Ticket> l4 = store->Load(e.ns, Prompt(4, 2 * kChunkTokens), Blocks(kDst + 32, 2 * kBpc));
+  ASSERT_TRUE(l3.ok() && l4.ok());
   LookupResult r2 = e.Lookup(2, 6, o);
   ASSERT_NE(r2.prefetch_id, 0u);
-  (void)store->CancelPrefetch(r2.prefetch_id);
-  // Give it time to stop, then nothing more arrives.
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_TRUE(store->CancelPrefetch(r2.prefetch_id).ok());
+  EXPECT_TRUE(l3->Wait(kTimeout).ok());
+  EXPECT_TRUE(l4->Wait(kTimeout).ok());
+  while (store->CancelPrefetch(r2.prefetch_id).ok()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   env.SetFaults(FaultSpec{});
-  EXPECT_LT(store->Stats().prefetched_chunks - s1.prefetched_chunks, 6u);
+  EXPECT_EQ(store->Stats().prefetched_chunks, s1.prefetched_chunks);
+  EXPECT_EQ(e.Lookup(2, 6).chunk_tiers[0], TierId::kNvme);
   EXPECT_EQ(e.Load(2, 6), 6u);
 }
 

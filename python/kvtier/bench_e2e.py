@@ -18,7 +18,9 @@ ttft_full / ttft_cached, share = achieved / ideal. The model is a random-weight 
 from a config (nothing downloaded), sized so CPU prefill takes long enough to matter.
 
 `--out` writes {"engine": "transformers-cpu", "model": {...}, "points": [{"tokens", "prefill_s",
-"load_s", "ttft_cached_s", ...}]} for the offload-versus-recompute benchmark to read.
+"load_s", "ttft_cached_s", ...}]}; `--prefill-jsonl` writes the same points as the JSON Lines that
+`kvtier bench recompute --measured-prefill-json` reads (docs/recompute.md), which prints them next
+to its own prediction for the same KV shape.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--out", default=None, help="also write the prefill-vs-load points to this JSON file")
+    p.add_argument("--prefill-jsonl", default=None,
+                   help="also write the points as JSON Lines for `kvtier bench recompute --measured-prefill-json`")
     return p.parse_args(argv)
 
 
@@ -194,6 +198,16 @@ def main(argv=None):
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
+    if args.prefill_jsonl:
+        with open(args.prefill_jsonl, "w") as f:
+            for pt in points:
+                f.write(json.dumps({
+                    "model": f"llama-random-{params / 1e6:.0f}M", "engine": "transformers", "device": "cpu",
+                    "layers": args.layers, "kv_heads": args.kv_heads, "head_dim": head_dim, "dtype": "float32",
+                    "context_tokens": pt["tokens"], "prefill_s": pt["prefill_s"],
+                    "cached_tokens": pt["cached_tokens"], "tail_prefill_s": pt["tail_prefill_s"],
+                    "ttft_full_s": pt["ttft_full_s"], "ttft_cached_s": pt["ttft_cached_s"],
+                    "load_s": pt["load_s"], "tier": pt["tier"]}) + "\n")
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
