@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "bench/bench.h"
+#include "bench/redis_limit.h"
 #include "bench/model_profiles.h"
 #include "bench/plot_png.h"
 #include "bench/workload.h"
@@ -512,9 +513,14 @@ Status MeasureHost(ShapeRun& run, const Options& o, Progress& prog) {
   return (*store)->UnregisterNamespace(*ns);
 }
 
-// Cold loads: every load reads a request held only on NVMe.
-Status MeasureNvme(ShapeRun& run, const Options& o, const std::string& dir, Progress& prog, std::string* io_backend) {
-  TierCurve& c = run.tiers["nvme"];
+// Cold loads: every load reads a request held only in `tier` (NVMe: files in `where`, a
+// directory; Redis: the server at `where`, host:port, written through with keys of this run
+// that expire after an hour).
+Status MeasureCold(ShapeRun& run, const Options& o, TierId tier, const std::string& where, Progress& prog,
+                   std::string* io_backend) {
+  const bool on_nvme = tier == TierId::kNvme;
+  const std::string dir = on_nvme ? where : "";
+  TierCurve& c = run.tiers[TierName(tier)];
   const uint32_t ct = o.chunk_tokens;
   const uint64_t chunk_bytes = ChunkPayloadBytes(run.shape);
   const uint64_t extent = 4096 + (chunk_bytes + 4095) / 4096 * 4096;
@@ -524,13 +530,13 @@ Status MeasureNvme(ShapeRun& run, const Options& o, const std::string& dir, Prog
   cold_chunks *= o.reps;
 
   std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
+  if (on_nvme) std::filesystem::create_directories(dir, ec);
   if (ec) return Status::IOError("cannot create " + dir + ": " + ec.message());
   struct Cleanup {
     std::string path;
     ~Cleanup() {
       std::error_code e;
-      std::filesystem::remove_all(path, e);
+      if (!path.empty()) std::filesystem::remove_all(path, e);
     }
   } cleanup{dir};
 
@@ -545,17 +551,27 @@ Status MeasureNvme(ShapeRun& run, const Options& o, const std::string& dir, Prog
   const uint64_t host_chunks = cfg.host_capacity_bytes / chunk_bytes + 1;
   // Cold requests, the filler, the bench-tiers fill and its saves (at most ~4 GB/s).
   const double tiers_saves = static_cast<double>(o.reps) * 2 * o.seconds * 4e9;
-  cfg.nvme.enabled = true;
-  cfg.nvme.paths = {dir + "/nvme-0.dat"};
-  cfg.nvme.capacity_bytes = RoundMiB((cold_chunks + 2 * host_chunks + 64) * extent +
-                                     static_cast<uint64_t>(tiers_saves) + 512 * kMiB);
-  cfg.nvme.metadata_dir = dir + "/meta";
-  cfg.nvme.queue_depth = o.queue_depth;
-  cfg.nvme.buffered = o.buffered;
-  cfg.nvme.policy = WritePolicy::kWriteThrough;
+  if (on_nvme) {
+    cfg.nvme.enabled = true;
+    cfg.nvme.paths = {dir + "/nvme-0.dat"};
+    cfg.nvme.capacity_bytes = RoundMiB((cold_chunks + 2 * host_chunks + 64) * extent +
+                                       static_cast<uint64_t>(tiers_saves) + 512 * kMiB);
+    cfg.nvme.metadata_dir = dir + "/meta";
+    cfg.nvme.queue_depth = o.queue_depth;
+    cfg.nvme.buffered = o.buffered;
+    cfg.nvme.policy = WritePolicy::kWriteThrough;
+  } else {
+    cfg.redis.enabled = true;
+    cfg.redis.addresses = {where};
+    cfg.redis.policy = WritePolicy::kWriteThrough;
+    cfg.redis.ttl_seconds = 3600;
+    cfg.redis.op_timeout_ms = 30000;  // a busy machine slows Redis; that is not an outage here
+    cfg.redis.key_prefix = "kvt-recompute-" + std::to_string(getpid()) + "-" +
+                           std::to_string(Clock::now().time_since_epoch().count());
+  }
   Result<std::unique_ptr<Store>> store = Store::Open(cfg);
   if (!store.ok()) return store.status();
-  *io_backend = (*store)->Stats().nvme_io_backend;
+  if (on_nvme) *io_backend = (*store)->Stats().nvme_io_backend;
   NamespaceSpec spec;
   spec.model.name = "bench/recompute/" + run.label;
   spec.model.revision = "bench";
@@ -565,7 +581,7 @@ Status MeasureNvme(ShapeRun& run, const Options& o, const std::string& dir, Prog
   EngineKv engine = MakeEngine(spec.shape, block_tokens, o.engine_bytes);
   Result<NamespaceHandle> ns = (*store)->RegisterNamespace(spec, engine.layout);
   if (!ns.ok()) return ns.status();
-  const std::string what = "nvme " + run.label;
+  const std::string what = std::string(TierName(tier)) + " " + run.label;
   const std::vector<int32_t> all_blocks = RequestBlocks(engine, bpc, max_chunks);
 
   // One request per (rep, context), saved durably; then saves of other requests push
@@ -607,10 +623,10 @@ Status MeasureNvme(ShapeRun& run, const Options& o, const std::string& dir, Prog
       const std::vector<int32_t> tokens = RequestTokens(q.id, q.chunks * ct);
       Result<LookupResult> lr = (*store)->Lookup(*ns, tokens);
       if (!lr.ok()) return lr.status();
-      const bool nvme_only = lr->matched_chunks == q.chunks &&
+      const bool cold_only = lr->matched_chunks == q.chunks &&
                              std::all_of(lr->chunk_tiers.begin(), lr->chunk_tiers.end(),
-                                         [](TierId t) { return t == TierId::kNvme; });
-      if (!nvme_only) {
+                                         [tier](TierId t) { return t == tier; });
+      if (!cold_only) {
         ++c.skipped;
       } else {
         Result<double> t = TimeLoad(store->get(), *ns, tokens, all_blocks, q.chunks, ct, bpc);
@@ -623,11 +639,12 @@ Status MeasureNvme(ShapeRun& run, const Options& o, const std::string& dir, Prog
     rep_single.push_back(secs > 0 ? bytes / secs / 1e9 : 0);
     // `bench tiers --tier nvme` for this chunk size: one request in flight, then about
     // queue_depth chunks in flight.
-    if (Status s = TiersBenchRep(w, depth, TierId::kNvme, o, &one, &many); !s.ok()) return s;
+    if (Status s = TiersBenchRep(w, depth, tier, o, &one, &many); !s.ok()) return s;
     prog.Step(what + ": bench tiers");
   }
   Finish(c, run, chunk_bytes, ct, times, rep_single, one, many, depth);
-  if (c.tokens.empty()) return Status::Internal("nvme: no request was held on NVMe only; nothing was measured");
+  if (c.tokens.empty())
+    return Status::Internal(std::string(TierName(tier)) + ": no request was held there only; nothing was measured");
   Status u = (*store)->UnregisterNamespace(*ns);
   store->reset();
   return u;
@@ -678,20 +695,37 @@ int RunBenchRecompute(const std::vector<std::string>& argv) {
       {"models", "contexts", "tiers", "plot", "nvme-dir", "mfu", "hbm-efficiency", "gpus", "gpu-tflops",
        "gpu-hbm-tbps", "gpu-cost-per-hour", "storage-cost-per-gb-hour-host", "storage-cost-per-gb-hour-nvme",
        "storage-cost-per-gb-hour-redis", "residency-hours", "chunk-tokens", "measure-mib", "reps", "seconds",
-       "engine-mib", "queue-depth", "io", "measured-prefill-json", "name", "layers", "kv-heads", "q-heads",
+       "engine-mib", "queue-depth", "io", "measured-prefill-json", "redis", "name", "layers", "kv-heads", "q-heads",
        "head-dim", "dtype", "params-b", "active-params-b", "window", "weight-bytes"},
       {"json", "no-progress", "no-plot", "buffered", "mla"});
   if (!a.ok()) return fail(a.status());
   const bool json = a->Has("json");
 
   // Tiers: a list, so that a tier joins by adding its measurement.
-  const std::vector<std::string> tiers = Split(a->Get("tiers", "host,nvme"));
+  // Redis: the server at --redis, else a local one on the default port when it answers.
+  std::string redis_addr = a->Get("redis", "");
+  bool redis_reachable = false;
+  {
+    Result<RedisEndpoint> ep = ParseRedisEndpoint(redis_addr.empty() ? "127.0.0.1:6379" : redis_addr);
+    if (!ep.ok()) return fail(ep.status());
+    redis_reachable = MeasureRedisRawLimit(*ep, 1, 1, 1, 1).ok();
+    if (redis_addr.empty() && redis_reachable) redis_addr = "127.0.0.1:6379";
+  }
+  const std::string default_tiers = redis_reachable ? "host,nvme,redis" : "host,nvme";
+  const std::vector<std::string> tiers = Split(a->Get("tiers", default_tiers));
   for (const std::string& t : tiers) {
     if (t == "host" || t == "nvme") continue;
-    if (t == "redis" || t == "gpu")
-      return fail(Status::NotSupported("not supported yet: the " + t +
-                                       " tier is not part of the Store in this version (available: host, nvme)"));
-    return fail(Status::InvalidArgument("--tiers: unknown tier '" + t + "' (host, nvme)"));
+    if (t == "redis") {
+      if (!redis_reachable)
+        return fail(Status::InvalidArgument("--tiers redis: no Redis answers at " +
+                                            (redis_addr.empty() ? std::string("127.0.0.1:6379") : redis_addr) +
+                                            "; start one or pass --redis host:port"));
+      continue;
+    }
+    if (t == "gpu")
+      return fail(Status::NotSupported("not supported yet: the gpu tier is not part of the Store in this version "
+                                       "(available: host, nvme, redis)"));
+    return fail(Status::InvalidArgument("--tiers: unknown tier '" + t + "' (host, nvme, redis)"));
   }
   if (tiers.empty()) return fail(Status::InvalidArgument("--tiers is empty"));
 
@@ -902,7 +936,11 @@ int RunBenchRecompute(const std::vector<std::string>& argv) {
   if (!json) {
     std::printf("kvtier bench recompute: chunk_tokens=%u reps=%llu measure<=%llu MiB per request, tiers=%s%s%s\n", ct,
                 static_cast<unsigned long long>(o.reps), static_cast<unsigned long long>(*measure_mib),
-                a->Get("tiers", "host,nvme").c_str(), want_nvme ? " nvme_dir=" : "", o.nvme_dir.c_str());
+                a->Get("tiers", default_tiers).c_str(), want_nvme ? " nvme_dir=" : "", o.nvme_dir.c_str());
+    if (std::find(tiers.begin(), tiers.end(), "redis") != tiers.end())
+      std::printf("redis tier: %s (keys of this run expire in an hour)\n", redis_addr.c_str());
+    else if (!redis_reachable)
+      std::printf("redis tier: not measured (no Redis at 127.0.0.1:6379; --redis host:port names one)\n");
     std::printf("GPU profiles (modeled): ");
     for (const GpuModel& g : gpus)
       std::printf("%s %.0f TFLOP/s dense bf16 measured x mfu %.2f, HBM %.2f TB/s x %.2f, $%.2f/h;  ", g.gpu.name.c_str(),
@@ -919,7 +957,9 @@ int RunBenchRecompute(const std::vector<std::string>& argv) {
       prog.Show(t + " " + r.label);
       const std::string dir = o.nvme_dir + "/kvtier-recompute-" + std::to_string(getpid()) + "-" + std::to_string(ri);
       const auto p0 = Clock::now();
-      Status s = t == "host" ? MeasureHost(r, o, prog) : MeasureNvme(r, o, dir, prog, &io_backend);
+      Status s = t == "host"   ? MeasureHost(r, o, prog)
+                 : t == "nvme" ? MeasureCold(r, o, TierId::kNvme, dir, prog, &io_backend)
+                               : MeasureCold(r, o, TierId::kRedis, redis_addr, prog, &io_backend);
       if (s.ok()) r.tiers[t].phase_s = Secs(p0, Clock::now());
       if (!s.ok()) {
         prog.Done();
@@ -1209,7 +1249,7 @@ int RunBenchRecompute(const std::vector<std::string>& argv) {
       p.title = m.name;
       for (size_t ti = 0; ti < tiers.size(); ++ti) {
         PlotSeries s;
-        s.label = tiers[ti] + " load" + (tiers[ti] == "host" ? " (warm)" : tiers[ti] == "nvme" ? " (cold)" : "");
+        s.label = tiers[ti] + " load" + (tiers[ti] == "host" ? " (warm)" : tiers[ti] == "nvme" ? " (cold)" : " (remote)");
         s.rgb = tier_colors[ti % 4];
         for (uint64_t L : *contexts) {
           GpuModel g = gpus[0];

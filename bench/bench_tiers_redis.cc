@@ -82,6 +82,7 @@ int RunBenchTiersRedis(const std::vector<std::string>& argv) {
   cfg.redis.username = ep.username;
   cfg.redis.password = ep.password;
   cfg.redis.pool_size = static_cast<uint32_t>(*workers);
+  cfg.redis.op_timeout_ms = 30000;  // a busy machine slows Redis; that is not an outage here
   cfg.redis.lz4 = a->Has("lz4");
   cfg.redis.key_prefix = "kvtbench-store";
   cfg.redis.policy = WritePolicy::kWriteThrough;

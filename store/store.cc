@@ -1230,6 +1230,7 @@ Result<std::unique_ptr<Store>> Store::Open(const StoreConfig& config) {
     ro.pool_size = rc.pool_size;
     ro.connect_timeout = std::chrono::milliseconds(rc.connect_timeout_ms);
     ro.op_timeout = std::chrono::milliseconds(rc.op_timeout_ms);
+    ro.op_timeout_per_mib = std::chrono::microseconds(rc.op_timeout_per_mib_us);
     ro.ttl_seconds = rc.ttl_seconds;
     ro.compression = rc.lz4 ? RedisCompression::kLz4 : RedisCompression::kNone;
     ro.key_prefix = rc.key_prefix;

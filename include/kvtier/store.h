@@ -71,7 +71,8 @@ struct RedisConfig {
   std::string password;                 // empty: no AUTH
   uint32_t pool_size = 8;               // idle connections kept per node
   uint32_t connect_timeout_ms = 500;
-  uint32_t op_timeout_ms = 2000;        // deadline of one batch of Redis reads or writes, plus 2 ms per MiB moved
+  uint32_t op_timeout_ms = 2000;        // deadline of one batch of Redis reads or writes, plus:
+  uint32_t op_timeout_per_mib_us = 10000;  // per MiB the batch moves (10 ms: a 100 MB/s floor)
   uint32_t lookup_timeout_ms = 100;     // deadline of a lookup's probe (Lookup is synchronous)
   uint32_t ttl_seconds = 0;             // 0: chunks do not expire
   bool lz4 = false;                     // compress values (the benchmark reports ratio and cost)
