@@ -460,8 +460,11 @@ Status MeasureHost(ShapeRun& run, const Options& o, Progress& prog) {
   // The measured request, plus 512 MiB for the bench-tiers requests (which cycle over what
   // fits there; `bench tiers --tier host` gives them 1 GiB, which does not change a copy's speed).
   const uint64_t workload_bytes = 512 * kMiB;
+  // Copies of the measured request, loaded in turn, so that together they exceed the last-level
+  // cache: a warm load reads DRAM, as the bench-tiers loop (which cycles over 512 MiB) does.
+  const uint64_t copies = std::clamp<uint64_t>((1024 * kMiB) / (max_chunks * chunk_bytes) + 1, 1, 64);
   StoreConfig cfg;
-  cfg.host_capacity_bytes = RoundMiB(max_chunks * slot + workload_bytes + 64 * kMiB);
+  cfg.host_capacity_bytes = RoundMiB(copies * max_chunks * slot + workload_bytes + 64 * kMiB);
   cfg.worker_threads = 1;  // as `bench tiers --tier host`
   Result<std::unique_ptr<Store>> store = Store::Open(cfg);
   if (!store.ok()) return store.status();
@@ -475,7 +478,8 @@ Status MeasureHost(ShapeRun& run, const Options& o, Progress& prog) {
   Result<NamespaceHandle> ns = (*store)->RegisterNamespace(spec, engine.layout);
   if (!ns.ok()) return ns.status();
   const std::string what = "host " + run.label;
-  const std::vector<int32_t> tokens = RequestTokens(1, max_chunks * ct);
+  std::vector<std::vector<int32_t>> copy_tokens;
+  for (uint64_t k = 0; k < copies; ++k) copy_tokens.push_back(RequestTokens(1 + k, max_chunks * ct));
   const std::vector<int32_t> blocks = RequestBlocks(engine, bpc, max_chunks);
   Workload w = Workload::ForEngine(store->get(), *ns, spec.shape, engine);
   const uint64_t workload_chunks = workload_bytes / slot;
@@ -485,18 +489,22 @@ Status MeasureHost(ShapeRun& run, const Options& o, Progress& prog) {
   w.max_saved = workload_chunks / w.chunks_per_request - 3;
   std::vector<std::vector<double>> times(run.want.size());
   std::vector<double> one, many, rep_single;
+  uint64_t next_copy = 0;
   for (uint64_t r = 0; r < o.reps; ++r) {
-    // (Re)store the request if the bench-tiers loop pushed any of it out, and touch it once.
-    Result<LookupResult> lr = (*store)->Lookup(*ns, tokens);
-    if (!lr.ok()) return lr.status();
-    if (lr->matched_chunks != max_chunks)
-      if (Status s = SaveRequests(store->get(), *ns, {tokens}, blocks, ct, bpc); !s.ok()) return s;
-    if (Result<double> t = TimeLoad(store->get(), *ns, tokens, blocks, max_chunks, ct, bpc); !t.ok())
-      return t.status();
+    // (Re)store the copies if the bench-tiers loop pushed any of them out, and touch each once.
+    for (const std::vector<int32_t>& tokens : copy_tokens) {
+      Result<LookupResult> lr = (*store)->Lookup(*ns, tokens);
+      if (!lr.ok()) return lr.status();
+      if (lr->matched_chunks != max_chunks)
+        if (Status s = SaveRequests(store->get(), *ns, {tokens}, blocks, ct, bpc); !s.ok()) return s;
+      if (Result<double> t = TimeLoad(store->get(), *ns, tokens, blocks, max_chunks, ct, bpc); !t.ok())
+        return t.status();
+    }
     // Every context once, and again until --seconds of loading, as long as a bench-tiers run.
     double bytes = 0, secs = 0;
     for (int pass = 0; pass == 0 || secs < o.seconds; ++pass) {
       for (size_t i = 0; i < run.want.size(); ++i) {
+        const std::vector<int32_t>& tokens = copy_tokens[next_copy++ % copies];
         Result<double> t = TimeLoad(store->get(), *ns, tokens, blocks, run.want[i] / ct, ct, bpc);
         if (!t.ok()) return t.status();
         times[i].push_back(*t);
@@ -564,7 +572,7 @@ Status MeasureCold(ShapeRun& run, const Options& o, TierId tier, const std::stri
     cfg.redis.enabled = true;
     cfg.redis.addresses = {where};
     cfg.redis.policy = WritePolicy::kWriteThrough;
-    cfg.redis.ttl_seconds = 3600;
+    cfg.redis.ttl_seconds = 600;  // a safety net: the bench deletes its keys when it is done
     cfg.redis.op_timeout_ms = 30000;  // a busy machine slows Redis; that is not an outage here
     cfg.redis.key_prefix = "kvt-recompute-" + std::to_string(getpid()) + "-" +
                            std::to_string(Clock::now().time_since_epoch().count());
@@ -643,6 +651,10 @@ Status MeasureCold(ShapeRun& run, const Options& o, TierId tier, const std::stri
     prog.Step(what + ": bench tiers");
   }
   Finish(c, run, chunk_bytes, ct, times, rep_single, one, many, depth);
+  if (!on_nvme) {  // this shape's keys, so that the server does not fill up over the shapes
+    Result<RedisEndpoint> ep = ParseRedisEndpoint(where);
+    if (ep.ok()) (void)RedisDeletePrefix(*ep, cfg.redis.key_prefix + ":");
+  }
   if (c.tokens.empty())
     return Status::Internal(std::string(TierName(tier)) + ": no request was held there only; nothing was measured");
   Status u = (*store)->UnregisterNamespace(*ns);
@@ -938,7 +950,7 @@ int RunBenchRecompute(const std::vector<std::string>& argv) {
                 static_cast<unsigned long long>(o.reps), static_cast<unsigned long long>(*measure_mib),
                 a->Get("tiers", default_tiers).c_str(), want_nvme ? " nvme_dir=" : "", o.nvme_dir.c_str());
     if (std::find(tiers.begin(), tiers.end(), "redis") != tiers.end())
-      std::printf("redis tier: %s (keys of this run expire in an hour)\n", redis_addr.c_str());
+      std::printf("redis tier: %s (the run deletes its keys; they expire in 10 minutes anyway)\n", redis_addr.c_str());
     else if (!redis_reachable)
       std::printf("redis tier: not measured (no Redis at 127.0.0.1:6379; --redis host:port names one)\n");
     std::printf("GPU profiles (modeled): ");

@@ -263,6 +263,39 @@ Status RedisFlushAll(const RedisEndpoint& ep) {
   return ok ? Status::OK() : Status::IOError("redis: FLUSHALL failed");
 }
 
+Status RedisDeletePrefix(const RedisEndpoint& ep, const std::string& prefix) {
+  Result<redisContext*> c = ConnectRaw(ep);
+  if (!c.ok()) return c.status();
+  const std::string pattern = prefix + "*";
+  std::string cursor = "0";
+  Status st;
+  do {
+    redisReply* r =
+        static_cast<redisReply*>(redisCommand(*c, "SCAN %s MATCH %s COUNT 1000", cursor.c_str(), pattern.c_str()));
+    if (r == nullptr || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+      if (r != nullptr) freeReplyObject(r);
+      st = Status::IOError("redis: SCAN failed");
+      break;
+    }
+    cursor.assign(r->element[0]->str, r->element[0]->len);
+    const redisReply* keys = r->element[1];
+    if (keys->elements > 0) {
+      std::vector<const char*> argv = {"UNLINK"};
+      std::vector<size_t> lens = {6};
+      for (size_t i = 0; i < keys->elements; ++i) {
+        argv.push_back(keys->element[i]->str);
+        lens.push_back(keys->element[i]->len);
+      }
+      redisReply* d = static_cast<redisReply*>(
+          redisCommandArgv(*c, static_cast<int>(argv.size()), argv.data(), lens.data()));
+      if (d != nullptr) freeReplyObject(d);
+    }
+    freeReplyObject(r);
+  } while (cursor != "0");
+  redisFree(*c);
+  return st;
+}
+
 Result<std::unique_ptr<LocalRedisServer>> LocalRedisServer::Start() {
   std::unique_ptr<LocalRedisServer> srv(new LocalRedisServer());
   const char* tmp = std::getenv("TMPDIR");

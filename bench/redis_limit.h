@@ -53,6 +53,10 @@ Result<RedisEndpoint> ParseRedisEndpoint(const std::string& host_port);
 // FLUSHALL on the server (a benchmark's own server, between phases).
 Status RedisFlushAll(const RedisEndpoint& ep);
 
+// Deletes the keys that start with `prefix` (SCAN + UNLINK): a benchmark's own keys on a
+// server that may hold others'.
+Status RedisDeletePrefix(const RedisEndpoint& ep, const std::string& prefix);
+
 // A redis-server of the benchmark's own on a free loopback port, in a temporary directory;
 // killed and removed on destruction. No persistence.
 class LocalRedisServer {
