@@ -391,11 +391,6 @@ int RunBenchTrace(const std::vector<std::string>& argv) {
   if (!a.ok()) return Fail(a.status());
   if (positional.size() != 1)
     return Fail(Status::InvalidArgument("expected one trace file: kvtier bench trace FILE [options]"));
-  if (a->Has("metadata-only"))
-    return Fail(Status::NotSupported(
-        "not supported yet: --metadata-only: the Store has no metadata-only mode (every chunk it indexes has "
-        "bytes in a tier); use --shape tiny, which runs the same index and placement with 8-byte tokens and "
-        "reports bytes modeled at --model's KV size"));
   const std::string model_name = a->Get("model", "llama3-8b");
   const TraceModel* model = FindTraceModel(model_name);
   if (model == nullptr) {
@@ -403,7 +398,12 @@ int RunBenchTrace(const std::vector<std::string>& argv) {
     for (const TraceModel& m : TraceModels()) names += (names.empty() ? "" : ", ") + m.name;
     return Fail(Status::InvalidArgument("--model " + model_name + ": unknown; one of " + names));
   }
-  const std::string shape_mode = a->Get("shape", "auto");
+  // --metadata-only: the same index, placement and tier code with 8-byte tokens (the tiny
+  // shape), so capacities far beyond this machine's memory replay; bytes are then modeled at
+  // --model's KV size from the chunk counts.
+  if (a->Has("metadata-only") && a->Has("shape") && a->Get("shape", "") != "tiny")
+    return Fail(Status::InvalidArgument("--metadata-only replays the tiny shape; drop --shape " + a->Get("shape", "")));
+  const std::string shape_mode = a->Has("metadata-only") ? "tiny" : a->Get("shape", "auto");
   if (shape_mode != "auto" && shape_mode != "model" && shape_mode != "tiny")
     return Fail(Status::InvalidArgument("--shape " + shape_mode + ": expected auto, model or tiny"));
   auto block_flag = a->GetUint("block-tokens", 0);
