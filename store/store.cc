@@ -235,6 +235,7 @@ struct Store::Impl {
   size_t FetchFromNvme(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t from, size_t to,
                        std::vector<SlotId>* slots, Status* st, std::optional<ChunkKey>* gone);
   std::optional<TierId> SourceTier(NamespaceState& ns, const ChunkKey& key) const;
+  void AllocateSlots(NamespaceState& ns, size_t count, std::vector<SlotId>* slots, Status* st);
   void ForgetRedisCopy(NamespaceState& ns, const ChunkKey& key);
   size_t ProbeRedis(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t from);
   Status Recover();
@@ -761,6 +762,20 @@ void Store::Impl::DemoteToRedis(std::unique_lock<std::mutex>& placement, Namespa
   ns.index.Unpin(std::span<const ChunkKey>(&k, 1));
 }
 
+// Up to `count` fresh host slots for chunks of ns (fewer when eviction cannot make room;
+// *st says why when there are none).
+void Store::Impl::AllocateSlots(NamespaceState& ns, size_t count, std::vector<SlotId>* slots, Status* st) {
+  slots->clear();
+  for (size_t i = 0; i < count; ++i) {
+    Result<SlotId> s = AllocateSlot(ns.payload_bytes);
+    if (!s.ok()) {
+      if (i == 0) *st = s.status();
+      return;
+    }
+    slots->push_back(*s);
+  }
+}
+
 // Where a chunk not in host is read from: NVMe if it is there, else Redis.
 std::optional<TierId> Store::Impl::SourceTier(NamespaceState& ns, const ChunkKey& key) const {
   std::optional<TierMask> r = ns.index.Residency(key);
@@ -773,15 +788,7 @@ std::optional<TierId> Store::Impl::SourceTier(NamespaceState& ns, const ChunkKey
 // Like FetchFromRedis, from NVMe: the chunks' reads share one I/O queue.
 size_t Store::Impl::FetchFromNvme(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t from, size_t to,
                                   std::vector<SlotId>* slots, Status* st, std::optional<ChunkKey>* gone) {
-  slots->clear();
-  for (size_t i = from; i < to; ++i) {
-    Result<SlotId> s = AllocateSlot(ns.payload_bytes);
-    if (!s.ok()) {
-      if (i == from) *st = s.status();
-      break;
-    }
-    slots->push_back(*s);
-  }
+  AllocateSlots(ns, to - from, slots, st);
   std::vector<NvmeTier::ReadItem> items(slots->size());
   for (size_t j = 0; j < items.size(); ++j) {
     items[j].key = keys[from + j];
@@ -810,15 +817,7 @@ size_t Store::Impl::FetchFromNvme(NamespaceState& ns, const std::vector<ChunkKey
 // *gone names the chunk Redis no longer holds intact, if that was why.
 size_t Store::Impl::FetchFromRedis(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t from, size_t to,
                                    std::vector<SlotId>* slots, Status* st, std::optional<ChunkKey>* gone) {
-  slots->clear();
-  for (size_t i = from; i < to; ++i) {
-    Result<SlotId> s = AllocateSlot(ns.payload_bytes);
-    if (!s.ok()) {
-      if (i == from) *st = s.status();
-      break;
-    }
-    slots->push_back(*s);
-  }
+  AllocateSlots(ns, to - from, slots, st);
   std::vector<RedisGetItem> items(slots->size());
   for (size_t j = 0; j < items.size(); ++j) {
     uint8_t* page = host->SlotAddress((*slots)[j]);
