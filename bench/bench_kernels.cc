@@ -12,13 +12,24 @@
 //                                             limit: cudaMemcpyAsync host to device
 //   save_d2h   gather straight into pinned host payloads
 //                                             limit: cudaMemcpyAsync device to host
-// Each figure is the median of --reps rounds of --iters back-to-back launches, timed with
-// CUDA events; rounds interleave the limit and the kernel. Before timing, a gather is
+//   store_load_host  Store::Load of chunks in the host tier into engine memory, a ticket
+//                    waited for (its scatter reads the registered host slots)
+//                                             limit: cudaMemcpyAsync host to device
+//   store_load_hbm   the same with the chunks in the HBM tier (device to device)
+//                                             limit: cudaMemcpyAsync device to device
+//   store_save       Store::Save of new chunks from engine memory into the host tier
+//                                             limit: cudaMemcpyAsync device to host
+// Each kernel figure is the median of --reps rounds of --iters back-to-back launches,
+// timed with CUDA events; rounds interleave the limit and the kernel. Each Store figure
+// is the median of --reps rounds of --iters calls, each submitted and waited for in
+// turn, timed by the wall clock (everything the call does: lookups in the index, header
+// checks, table uploads, launches, waiting for the events). Before timing, a gather is
 // checked byte for byte against the CPU twin (GatherUnitsCpu) and a scatter/gather round
 // trip against its input.
 //
 // Without CUDA compiled in, or without a device, it says why and exits 2.
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -28,6 +39,7 @@
 #include <vector>
 
 #include "bench/bench.h"
+#include "kvtier/store.h"
 
 #if KVTIER_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -35,6 +47,7 @@
 #include "kernels/mover.h"
 #include "kernels/mover_cuda.h"
 #include "kernels/mover_units.h"
+#include "tiers/chunk_format.h"
 #endif
 
 namespace kvtier::bench {
@@ -128,6 +141,124 @@ Result<double> Time(const Stream& st, uint64_t iters, uint64_t bytes, const char
   KVTIER_RETURN_IF_ERROR(CudaStatus(cudaEventElapsedTime(&ms, st.start, st.stop), "cudaEventElapsedTime"));
   if (ms <= 0) return Status::Internal(std::string(what) + ": the events measured no time");
   return static_cast<double>(bytes) * static_cast<double>(iters) / (ms * 1e-3) / 1e9;
+}
+
+double WallSeconds(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Tokens of chunk run `id`: distinct ids share no chunk.
+std::vector<int32_t> RunTokens(uint64_t id, uint32_t chunks) {
+  std::vector<int32_t> t(uint64_t{chunks} * kChunkTokens);
+  for (size_t i = 0; i < t.size(); ++i) t[i] = static_cast<int32_t>((id * 7919 + i * 31 + (i >> 8) * 1000003) % 120000);
+  return t;
+}
+
+// The Store's GPU path on the same engine memory: see the file comment.
+Status RunStore(const Options& opt, const KvShape& shape, KvMemoryLayout layout, int device, DeviceMemory& engine,
+                PinnedHost& host, Stream& st) {
+  layout.device = device;
+  const uint32_t max_batch = *std::max_element(opt.batches.begin(), opt.batches.end());
+  const uint32_t bpc = kChunkTokens / kBlockTokens;
+  const uint64_t chunk_bytes = ChunkPayloadBytes(shape);
+  const uint64_t slot_bytes = kChunkPayloadOffset + chunk_bytes;
+  NamespaceSpec spec;
+  spec.model.name = "bench/kernels";
+  spec.model.revision = "llama3-8b-shape";
+  spec.shape = shape;
+  enum Which { kHost, kHbm, kWhich };
+  for (int which = 0; which < kWhich; ++which) {
+    StoreConfig sc;
+    // The loads' chunks and two rounds of saves; older saves are evicted.
+    sc.host_capacity_bytes = (uint64_t{max_batch} * 4 + 2) * slot_bytes;
+    sc.worker_threads = 2;
+    sc.gpu.device = device;
+    sc.gpu.register_host = HostRegistration::kRequire;
+    if (which == kHbm) sc.gpu.hbm_capacity_bytes = uint64_t{max_batch + 1} * chunk_bytes;
+    Result<std::unique_ptr<Store>> store = Store::Open(sc);
+    if (!store.ok()) return store.status();
+    Result<NamespaceHandle> ns = (*store)->RegisterNamespace(spec, layout);
+    if (!ns.ok()) return ns.status();
+    for (uint32_t batch : opt.batches) {
+      const uint64_t bytes = chunk_bytes * batch;
+      std::vector<int32_t> src(uint64_t{batch} * bpc), dst(uint64_t{batch} * bpc);
+      for (size_t i = 0; i < src.size(); ++i) {
+        src[i] = static_cast<int32_t>(i);
+        dst[i] = static_cast<int32_t>(uint64_t{max_batch} * bpc + i);
+      }
+      const std::vector<int32_t> tokens = RunTokens(batch, batch);
+      Result<Ticket> saved = (*store)->Save(*ns, tokens, src);
+      if (!saved.ok()) return saved.status();
+      KVTIER_RETURN_IF_ERROR(saved->Wait());
+      const auto load = [&]() -> Status {
+        Result<Ticket> t = (*store)->Load(*ns, tokens, dst);
+        if (!t.ok()) return t.status();
+        KVTIER_RETURN_IF_ERROR(t->Wait());
+        if (t->chunks_done() != batch) return Status::Internal("store load: not every chunk was loaded");
+        return Status::OK();
+      };
+      KVTIER_RETURN_IF_ERROR(load());  // warm: the HBM tier now holds the chunks too
+      uint64_t save_id = 1000 + uint64_t{batch} * 100000;
+      const auto save = [&]() -> Status {
+        Result<Ticket> t = (*store)->Save(*ns, RunTokens(save_id++, batch), src);
+        if (!t.ok()) return t.status();
+        KVTIER_RETURN_IF_ERROR(t->Wait());
+        if (t->chunks_done() != batch) return Status::Internal("store save: not every chunk was saved");
+        return Status::OK();
+      };
+      struct Case {
+        const char* op;
+        const char* limit;
+        cudaMemcpyKind kind;
+        bool is_save;
+      };
+      std::vector<Case> cases;
+      if (which == kHost) {
+        cases.push_back({"store_load_host", "cudaMemcpyAsync H2D (pinned)", cudaMemcpyHostToDevice, false});
+        cases.push_back({"store_save", "cudaMemcpyAsync D2H (pinned)", cudaMemcpyDeviceToHost, true});
+      } else {
+        cases.push_back({"store_load_hbm", "cudaMemcpyAsync D2D", cudaMemcpyDeviceToDevice, false});
+      }
+      for (const Case& c : cases) {
+        std::vector<double> k, lim;
+        for (uint64_t r = 0; r < opt.reps; ++r) {
+          Result<double> l = Time(st, opt.iters, bytes, c.limit, [&] {
+            void* to = c.kind == cudaMemcpyDeviceToHost ? host.p : engine.p;
+            const void* from = c.kind == cudaMemcpyHostToDevice ? host.p
+                                                                : engine.bytes() + (c.kind == cudaMemcpyDeviceToDevice
+                                                                                        ? bytes
+                                                                                        : 0);
+            return cudaMemcpyAsync(to, from, bytes, c.kind, st.s);
+          });
+          if (!l.ok()) return l.status();
+          lim.push_back(*l);
+          const auto t0 = std::chrono::steady_clock::now();
+          for (uint64_t i = 0; i < opt.iters; ++i) KVTIER_RETURN_IF_ERROR(c.is_save ? save() : load());
+          k.push_back(static_cast<double>(bytes) * static_cast<double>(opt.iters) / WallSeconds(t0) / 1e9);
+        }
+        const double gbps = MedianOf(k), limit_gbps = MedianOf(lim);
+        Report rep(opt.json);
+        rep.Add("bench", "kernels")
+            .Add("op", c.op)
+            .Add("chunks", uint64_t{batch})
+            .Add("chunk_bytes", chunk_bytes)
+            .Add("gbps", gbps, 1)
+            .Add("limit_gbps", limit_gbps, 1)
+            .Add("ratio", limit_gbps > 0 ? gbps / limit_gbps : 0.0)
+            .Add("us_per_batch", static_cast<double>(bytes) / (gbps * 1e3), 1)
+            .Add("limit", c.limit);
+        rep.Print();
+      }
+    }
+    const StoreStats ss = (*store)->Stats();
+    if (which == kHbm && ss.hbm_hits == 0) return Status::Internal("store_load_hbm: the HBM tier served nothing");
+    if (!opt.json)
+      std::printf("%s: store (%s): gpu_loaded_chunks=%llu gpu_saved_chunks=%llu hbm_hits=%llu; %s\n", kName,
+                  which == kHost ? "host tier" : "HBM tier", static_cast<unsigned long long>(ss.gpu_loaded_chunks),
+                  static_cast<unsigned long long>(ss.gpu_saved_chunks), static_cast<unsigned long long>(ss.hbm_hits),
+                  ss.gpu.c_str());
+  }
+  return Status::OK();
 }
 
 void FillRandom(uint8_t* p, size_t n, uint64_t seed) {
@@ -316,7 +447,7 @@ Status Run(const Options& opt) {
       rep.Print();
     }
   }
-  return Status::OK();
+  return RunStore(opt, shape, layout, device, engine, host, st);
 }
 
 #endif  // KVTIER_WITH_CUDA

@@ -80,6 +80,8 @@ Status CheckSize(uint32_t got, size_t want, const char* what) {
 
 // kvt_store_options as it was before the Redis fields: still accepted.
 constexpr size_t kStoreOptionsV0Size = offsetof(kvt_store_options, redis_addresses);
+// ... and before the GPU fields.
+constexpr size_t kStoreOptionsV1Size = offsetof(kvt_store_options, gpu_register_host);
 
 std::vector<std::string> SplitCommas(const char* list) {
   std::vector<std::string> out;
@@ -135,6 +137,9 @@ std::string StatsJson(const kvtier::StoreStats& st) {
   KVT_NUM(redis_corrupt_chunks); KVT_NUM(redis_errors); KVT_NUM(redis_timeouts); KVT_NUM(redis_breaker_opens);
   KVT_NUM(redis_breaker_closes); KVT_NUM(redis_skipped); KVT_NUM(redis_bytes_out); KVT_NUM(redis_bytes_in);
   KVT_NUM(redis_used_bytes); KVT_NUM(redis_evictions);
+  KVT_NUM(gpu_host_registered); str("gpu", st.gpu);
+  KVT_NUM(gpu_saved_chunks); KVT_NUM(gpu_loaded_chunks); KVT_NUM(hbm_capacity_bytes); KVT_NUM(hbm_used_bytes);
+  KVT_NUM(hbm_chunks); KVT_NUM(hbm_hits); KVT_NUM(hbm_inserts); KVT_NUM(hbm_evictions);
 #undef KVT_NUM
   return out + "}";
 }
@@ -142,6 +147,9 @@ std::string StatsJson(const kvtier::StoreStats& st) {
 // kvt_kv_layout as it was before v_bases: still accepted.
 constexpr size_t kKvLayoutV0Size = offsetof(kvt_kv_layout, v_bases);
 static_assert(kKvLayoutV0Size == 24, "the size callers built before v_bases pass is fixed");
+// ... and before device.
+constexpr size_t kKvLayoutV1Size = offsetof(kvt_kv_layout, device);
+static_assert(kKvLayoutV1Size == 32, "the size callers built before device pass is fixed");
 
 Status SpansOk(const void* p, size_t n, const char* what) {
   if (p == nullptr && n > 0)
@@ -152,7 +160,7 @@ Status SpansOk(const void* p, size_t n, const char* what) {
 // Submits a save or load through `fn` (a Store member).
 template <typename Fn>
 int Submit(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens, const int32_t* block_ids, size_t num_block_ids,
-           const kvt_extra_key* extra, size_t num_extra, kvt_ticket** out, Fn fn) {
+           const kvt_extra_key* extra, size_t num_extra, const kvt_copy_options* opts, kvt_ticket** out, Fn fn) {
   if (ns == nullptr) return KVT_E_INVALID_ARGUMENT;
   return Guard(ns, [&]() -> int {
     if (out == nullptr) return Fail(ns, Status::InvalidArgument("out ticket pointer is NULL"));
@@ -160,14 +168,18 @@ int Submit(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens, const in
     Status s = SpansOk(tokens, num_tokens, "tokens");
     if (s.ok()) s = SpansOk(block_ids, num_block_ids, "block_ids");
     if (s.ok()) s = SpansOk(extra, num_extra, "extra_keys");
+    if (s.ok() && opts != nullptr) s = CheckSize(opts->struct_size, sizeof *opts, "kvt_copy_options");
     if (!s.ok()) return Fail(ns, s);
+    kvtier::CopyOptions co;
+    if (opts != nullptr) co.cuda_wait_event = opts->cuda_wait_event;
     static_assert(sizeof(kvt_extra_key) == sizeof(kvtier::ExtraKey));
     static_assert(offsetof(kvt_extra_key, lo) == offsetof(kvtier::ExtraKey, lo));
     static_assert(offsetof(kvt_extra_key, hi) == offsetof(kvtier::ExtraKey, hi));
     kvtier::Result<kvtier::Ticket> t =
         ((*ns->store).*fn)(ns->handle, std::span<const int32_t>(tokens, num_tokens),
                            std::span<const int32_t>(block_ids, num_block_ids),
-                           std::span<const kvtier::ExtraKey>(reinterpret_cast<const kvtier::ExtraKey*>(extra), num_extra));
+                           std::span<const kvtier::ExtraKey>(reinterpret_cast<const kvtier::ExtraKey*>(extra), num_extra),
+                           co);
     if (!t.ok()) return Fail(ns, t.status());
     auto* h = new kvt_ticket();
     h->ticket = std::move(*t);
@@ -211,6 +223,15 @@ void kvt_store_options_init(kvt_store_options* o) {
   o->redis_lookup_timeout_ms = d.redis.lookup_timeout_ms;
   o->planner_enabled = d.planner.enabled ? 1 : 0;
   o->max_prefetches = d.max_prefetches;
+  o->gpu_register_host = static_cast<int32_t>(d.gpu.register_host);
+  o->gpu_device = d.gpu.device;
+  o->gpu_hbm_capacity_bytes = d.gpu.hbm_capacity_bytes;
+}
+
+void kvt_copy_options_init(kvt_copy_options* o) {
+  if (o == nullptr) return;
+  std::memset(o, 0, sizeof *o);
+  o->struct_size = sizeof *o;
 }
 
 void kvt_lookup_options_init(kvt_lookup_options* o) {
@@ -233,6 +254,7 @@ void kvt_kv_layout_init(kvt_kv_layout* l) {
   if (l == nullptr) return;
   std::memset(l, 0, sizeof *l);
   l->struct_size = sizeof *l;
+  l->device = -1;
 }
 
 int kvt_store_open(const kvt_store_options* opts, kvt_store** out, char* err, size_t err_len) {
@@ -251,7 +273,7 @@ int kvt_store_open(const kvt_store_options* opts, kvt_store** out, char* err, si
     kvt_store_options full;
     kvt_store_options_init(&full);
     if (opts != nullptr) {
-      Status s = opts->struct_size == kStoreOptionsV0Size
+      Status s = opts->struct_size == kStoreOptionsV0Size || opts->struct_size == kStoreOptionsV1Size
                      ? Status::OK()
                      : CheckSize(opts->struct_size, sizeof *opts, "kvt_store_options");
       if (!s.ok()) return report(s);
@@ -298,6 +320,13 @@ int kvt_store_open(const kvt_store_options* opts, kvt_store** out, char* err, si
       c.admission.nvme_second_hit = opts->admission_nvme_second_hit != 0;
       c.admission.redis_second_hit = opts->admission_redis_second_hit != 0;
       c.max_prefetches = opts->max_prefetches;
+      if (opts->gpu_register_host < 0 || opts->gpu_register_host > 2)
+        return report(Status::InvalidArgument("kvt_store_options.gpu_register_host " +
+                                              std::to_string(opts->gpu_register_host) +
+                                              " is not a kvt_host_registration value"));
+      c.gpu.register_host = static_cast<kvtier::HostRegistration>(opts->gpu_register_host);
+      c.gpu.device = opts->gpu_device;
+      c.gpu.hbm_capacity_bytes = opts->gpu_hbm_capacity_bytes;
     }
     kvtier::Result<std::unique_ptr<kvtier::Store>> s = kvtier::Store::Open(c);
     if (!s.ok()) return report(s.status());
@@ -337,9 +366,11 @@ int kvt_namespace_register(kvt_store* store, const kvt_namespace_spec* spec, con
     if (layout == nullptr) return Fail(store, Status::InvalidArgument("kv layout is NULL"));
     Status s = CheckSize(spec->struct_size, sizeof *spec, "kvt_namespace_spec");
     if (!s.ok()) return Fail(store, s);
-    if (layout->struct_size != kKvLayoutV0Size) s = CheckSize(layout->struct_size, sizeof *layout, "kvt_kv_layout");
+    if (layout->struct_size != kKvLayoutV0Size && layout->struct_size != kKvLayoutV1Size)
+      s = CheckSize(layout->struct_size, sizeof *layout, "kvt_kv_layout");
     if (!s.ok()) return Fail(store, s);
-    kvt_kv_layout lay{};  // fields an older caller did not have stay zero
+    kvt_kv_layout lay;  // fields an older caller did not have keep their defaults
+    kvt_kv_layout_init(&lay);
     std::memcpy(&lay, layout, layout->struct_size);
     s = SpansOk(lay.layers, lay.num_layers, "kv layout layers");
     if (!s.ok()) return Fail(store, s);
@@ -364,6 +395,7 @@ int kvt_namespace_register(kvt_store* store, const kvt_namespace_spec* spec, con
     kvtier::KvMemoryLayout kl;
     kl.block_tokens = lay.block_tokens;
     kl.num_blocks = lay.num_blocks;
+    kl.device = lay.device;
     kl.layers.resize(lay.num_layers);
     for (uint32_t i = 0; i < lay.num_layers; ++i) {
       const kvt_layer_memory& m = lay.layers[i];
@@ -525,12 +557,24 @@ int kvt_store_stats_json(kvt_store* store, char* buf, size_t buf_len, size_t* ne
 
 int kvt_save(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens, const int32_t* block_ids,
              size_t num_block_ids, const kvt_extra_key* extra, size_t num_extra, kvt_ticket** out) {
-  return Submit(ns, tokens, num_tokens, block_ids, num_block_ids, extra, num_extra, out, &kvtier::Store::Save);
+  return Submit(ns, tokens, num_tokens, block_ids, num_block_ids, extra, num_extra, nullptr, out, &kvtier::Store::Save);
+}
+
+int kvt_save_ex(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens, const int32_t* block_ids,
+                size_t num_block_ids, const kvt_extra_key* extra, size_t num_extra, const kvt_copy_options* opts,
+                kvt_ticket** out) {
+  return Submit(ns, tokens, num_tokens, block_ids, num_block_ids, extra, num_extra, opts, out, &kvtier::Store::Save);
+}
+
+int kvt_load_ex(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens, const int32_t* block_ids,
+                size_t num_block_ids, const kvt_extra_key* extra, size_t num_extra, const kvt_copy_options* opts,
+                kvt_ticket** out) {
+  return Submit(ns, tokens, num_tokens, block_ids, num_block_ids, extra, num_extra, opts, out, &kvtier::Store::Load);
 }
 
 int kvt_load(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens, const int32_t* block_ids,
              size_t num_block_ids, const kvt_extra_key* extra, size_t num_extra, kvt_ticket** out) {
-  return Submit(ns, tokens, num_tokens, block_ids, num_block_ids, extra, num_extra, out, &kvtier::Store::Load);
+  return Submit(ns, tokens, num_tokens, block_ids, num_block_ids, extra, num_extra, nullptr, out, &kvtier::Store::Load);
 }
 
 int kvt_ticket_poll(kvt_ticket* t, uint32_t* chunks_done) {
@@ -567,6 +611,24 @@ int kvt_ticket_wait_layer(kvt_ticket* t, uint32_t layer, int64_t timeout_us, uin
       return Fail(t, r.status());
     }
     if (chunks != nullptr) *chunks = *r;
+    return KVT_OK;
+  });
+}
+
+int kvt_ticket_layer_event(kvt_ticket* t, uint32_t layer, int64_t timeout_us, uint32_t* chunks, void** cuda_event) {
+  if (t == nullptr) return KVT_E_INVALID_ARGUMENT;
+  return Guard(t, [&]() -> int {
+    if (cuda_event == nullptr) return Fail(t, Status::InvalidArgument("cuda_event pointer is NULL"));
+    *cuda_event = nullptr;
+    const std::chrono::nanoseconds timeout =
+        timeout_us < 0 ? std::chrono::nanoseconds(std::chrono::hours(24 * 365)) : std::chrono::microseconds(timeout_us);
+    kvtier::Result<kvtier::Ticket::LayerEvent> r = t->ticket.WaitLayerEnqueued(layer, timeout);
+    if (!r.ok()) {
+      if (r.status().code() == Status::Code::kTimedOut) return KVT_IN_PROGRESS;
+      return Fail(t, r.status());
+    }
+    if (chunks != nullptr) *chunks = r->chunks;
+    *cuda_event = r->cuda_event;
     return KVT_OK;
   });
 }

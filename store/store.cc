@@ -29,6 +29,7 @@
 #include "index/chunk_key.h"
 #include "index/radix_index.h"
 #include "kernels/mover.h"
+#include "store/gpu.h"
 #include "store/task_pool.h"
 #include "store/ticket.h"
 #include "tiers/chunk_format.h"
@@ -53,6 +54,7 @@ struct NamespaceState {
 struct Registration {
   std::shared_ptr<NamespaceState> ns;
   Mover mover;
+  std::shared_ptr<GpuCopier> gpu;  // engine memory on a GPU: copies run there; null otherwise
 };
 
 // A queued save or load. Called once: with abort=false by a worker to do the work, or
@@ -68,6 +70,7 @@ struct Counters {
   std::atomic<uint64_t> redis_saved{0}, redis_dropped{0}, redis_loaded{0}, redis_probe_hits{0}, redis_misses{0};
   std::atomic<uint64_t> admission_rejected{0}, prefetches{0}, prefetch_skipped{0}, prefetched_chunks{0},
       planner_skipped{0}, redis_evictions{0};
+  std::atomic<uint64_t> gpu_saved{0}, gpu_loaded{0};
 };
 
 void Add(std::atomic<uint64_t>& c, uint64_t v) { c.fetch_add(v, std::memory_order_relaxed); }
@@ -152,6 +155,7 @@ struct Store::Impl {
   std::unique_ptr<NvmeTier> nvme;           // null when the NVMe tier is off; reset by Close
   std::unique_ptr<TaskPool> io_pool;        // write-through writers; with nvme; reset by Close
   std::unique_ptr<RedisTier> redis;         // null when the Redis tier is off; reset by Close
+  std::unique_ptr<GpuContext> gpu;          // host registration and the HBM tier; reset by Close
   std::atomic<uint64_t> redis_used{0};      // value bytes of the chunks indexed as in Redis
   std::vector<std::pair<NamespaceId, ChunkKey>> redis_garbage;  // to DEL (capacity); guarded by placement_mu
 
@@ -241,9 +245,18 @@ struct Store::Impl {
   Status Recover();
   void DropChunk(NamespaceState& ns, const ChunkKey& key);
   void RunSave(Registration& r, const std::vector<ChunkKey>& keys, const std::vector<int32_t>& blocks,
-               const std::vector<int32_t>& tokens, TicketState& t);
+               const std::vector<int32_t>& tokens, void* wait_event, TicketState& t);
   void RunLoad(Registration& r, const std::vector<ChunkKey>& keys, size_t matched, const std::vector<int32_t>& blocks,
-               TicketState& t);
+               void* wait_event, TicketState& t);
+  // GPU saves: fresh slots for chunks [from, keys.size()), gathered from the GPU in one
+  // launch (HBM copies too). Fewer when the host is full; *st says why.
+  std::vector<SlotId> GatherFromGpu(Registration& r, const std::vector<ChunkKey>& keys, size_t from,
+                                    const std::vector<int32_t>& blocks, const std::vector<int32_t>& tokens,
+                                    void* wait_event, Status* st);
+  // GPU loads: the chunks (host slots, or HBM entries where hbm[i]) into the engine.
+  Status ScatterToGpu(Registration& r, const std::vector<ChunkKey>& keys, const std::vector<const uint8_t*>& payloads,
+                      const std::vector<bool>& hbm, const std::vector<int32_t>& blocks, void* wait_event,
+                      TicketState& t);
   void RunPrefetch(Registration& r, const std::vector<ChunkKey>& keys, size_t matched,
                    std::chrono::steady_clock::time_point deadline, TicketState& t);
   struct BringUpResult {
@@ -251,8 +264,9 @@ struct Store::Impl {
     std::optional<ChunkKey> corrupt, lost_on_nvme, lost_on_redis;  // to settle once unpinned
     uint64_t promoted = 0;                                 // chunks it read into host
   };
+  // From chunk `first` on (the ones before are had elsewhere: HBM).
   std::vector<SlotId> BringUp(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t matched,
-                              const std::function<bool()>& stop, BringUpResult* out);
+                              const std::function<bool()>& stop, BringUpResult* out, size_t first = 0);
   void SettleBringUp(NamespaceState& ns, const BringUpResult& b);
   // In-flight promotions: a chunk being read into host is claimed; others wait for it.
   bool Claim(const ChunkKey& key);
@@ -890,7 +904,7 @@ void Store::Impl::DropChunk(NamespaceState& ns, const ChunkKey& key) {
 }
 
 void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, const std::vector<int32_t>& blocks,
-                          const std::vector<int32_t>& tokens, TicketState& t) {
+                          const std::vector<int32_t>& tokens, void* wait_event, TicketState& t) {
   NamespaceState& ns = *r.ns;
   const uint32_t total = static_cast<uint32_t>(keys.size());
   const uint32_t bpc = r.mover.blocks_per_chunk();
@@ -926,22 +940,35 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
     std::lock_guard<std::mutex> l(placement_mu);
     for (size_t i = 0; i < matched && nvme_ok; ++i) nvme_ok = HandToNvme(*pipe, ns, keys, i, &kept_in_host, &nvme_st);
   }
+  // GPU engine memory: the chunks not cached yet come over in one launch first.
+  const uint32_t first_fresh = done;
+  std::vector<SlotId> gpu_slots;
+  uint32_t gpu_taken = done;  // gpu_slots of chunks before this one are consumed
+  if (r.gpu && done < total) gpu_slots = GatherFromGpu(r, keys, done, blocks, tokens, wait_event, &st);
   for (uint32_t i = done; i < total; ++i) {
     if (t.cancel_requested()) {
       st = Status::Cancelled("save cancelled after " + std::to_string(i) + " of " + std::to_string(total) + " chunks");
       break;
     }
-    Result<SlotId> slot = AllocateSlot(ns.payload_bytes);
+    Result<SlotId> slot = SlotId{};
+    if (r.gpu) {
+      if (i - first_fresh >= gpu_slots.size()) break;  // st says why
+      slot = gpu_slots[i - first_fresh];
+      gpu_taken = i + 1;
+    } else {
+      slot = AllocateSlot(ns.payload_bytes);
+    }
     if (!slot.ok()) {
       st = slot.status();
       break;
     }
     uint8_t* addr = host->SlotAddress(*slot);
     const uint32_t ct = ns.spec.shape.chunk_tokens;
-    if (ct <= kMaxPageTokens)  // the tokens travel with the chunk to lower tiers' metadata
+    if (!r.gpu && ct <= kMaxPageTokens)  // the tokens travel with the chunk to lower tiers' metadata
       std::memcpy(addr + kChunkTokensOffset, tokens.data() + uint64_t{i} * ct, uint64_t{ct} * sizeof(int32_t));
-    Status g = r.mover.Gather(std::span<const int32_t>(blocks).subspan(uint64_t{i} * bpc, bpc),
-                              addr + kChunkPayloadOffset, ns.payload_bytes);
+    Status g = r.gpu ? Status::OK()
+                     : r.mover.Gather(std::span<const int32_t>(blocks).subspan(uint64_t{i} * bpc, bpc),
+                                      addr + kChunkPayloadOffset, ns.payload_bytes);
     if (!g.ok()) {
       host->Free(*slot);
       st = g;
@@ -978,6 +1005,7 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
     if (!write_through) t.set_chunks_done(done + 1);
     ++done;
   }
+  for (size_t j = gpu_taken - first_fresh; j < gpu_slots.size(); ++j) host->Free(gpu_slots[j]);  // not reached
   const uint32_t in_host = done;
   if (write_through) {
     // Acknowledged only once durable: chunks_done counts leading chunks on NVMe.
@@ -999,7 +1027,7 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
 // checked against the chunk it should hold. Stops at the first chunk that cannot be had,
 // or when stop() says so; returns the slots of the leading chunks it got.
 std::vector<SlotId> Store::Impl::BringUp(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t matched,
-                                         const std::function<bool()>& stop, BringUpResult* out) {
+                                         const std::function<bool()>& stop, BringUpResult* out, size_t first) {
   const ChunkIdentity identity{ns.id, {}, ns.spec.shape};
   std::vector<SlotId> slots;
   slots.reserve(matched);
@@ -1009,7 +1037,7 @@ std::vector<SlotId> Store::Impl::BringUp(NamespaceState& ns, const std::vector<C
   size_t batch_begin = 0, batch_end = 0;
   TierId batch_tier = TierId::kHost;
   bool batch_short = false;  // the batch stopped at a chunk it could not get: so does the run
-  size_t i = 0;
+  size_t i = first;
   for (; i < matched; ++i) {
     if (i >= batch_end && batch_short) break;  // out->status says why
     if (i >= batch_end && stop()) {
@@ -1120,20 +1148,51 @@ void Store::Impl::SettleBringUp(NamespaceState& ns, const BringUpResult& b) {
 // has started it finishes (cancellation is checked before), so a cancelled load never
 // leaves a chunk half written that chunks_done counts.
 void Store::Impl::RunLoad(Registration& r, const std::vector<ChunkKey>& keys, size_t matched,
-                          const std::vector<int32_t>& blocks, TicketState& t) {
+                          const std::vector<int32_t>& blocks, void* wait_event, TicketState& t) {
   NamespaceState& ns = *r.ns;
   const uint32_t total = static_cast<uint32_t>(keys.size());
   const uint32_t bpc = r.mover.blocks_per_chunk();
+  // GPU loads: the leading chunks the HBM tier holds need no host slot.
+  HbmTier* hbm = r.gpu && gpu ? gpu->hbm() : nullptr;
+  std::vector<const uint8_t*> payloads;  // GPU loads: each chunk's source
+  std::vector<bool> in_hbm;
+  if (hbm != nullptr) {
+    for (size_t i = 0; i < matched; ++i) {
+      std::optional<uint8_t*> p = hbm->Acquire(keys[i]);
+      if (!p) break;
+      payloads.push_back(*p);
+      in_hbm.push_back(true);
+    }
+  }
+  const size_t first = payloads.size();
   BringUpResult b;
-  std::vector<SlotId> slots = BringUp(ns, keys, matched, [&t] { return t.cancel_requested(); }, &b);
+  std::vector<SlotId> slots = BringUp(ns, keys, matched, [&t] { return t.cancel_requested(); }, &b, first);
   Status st = b.status.ok() ? Status::OK() : b.status.WithContext("load: ");
-  uint32_t done = static_cast<uint32_t>(slots.size());
+  uint32_t done = static_cast<uint32_t>(first + slots.size());
   if (done > 0 && t.cancel_requested()) {
     st = Status::Cancelled("load cancelled before copying into the engine");
     done = 0;
   }
   const auto t0 = std::chrono::steady_clock::now();
-  for (uint32_t l = 0; l < ns.spec.shape.num_layers && done > 0; ++l) {
+  if (r.gpu) {
+    for (size_t i = 0; i < slots.size(); ++i) {
+      std::optional<uint8_t*> p = hbm != nullptr ? hbm->Acquire(keys[first + i]) : std::nullopt;
+      payloads.push_back(p ? *p : host->SlotAddress(slots[i]) + kChunkPayloadOffset);
+      in_hbm.push_back(p.has_value());
+    }
+    if (done > 0) {
+      Status g = ScatterToGpu(r, keys, payloads, in_hbm, blocks, wait_event, t);
+      if (!g.ok()) {
+        st = g.WithContext("load: ");
+        done = 0;
+      }
+    }
+    if (hbm != nullptr)
+      for (size_t i = 0; i < in_hbm.size(); ++i)
+        if (in_hbm[i]) hbm->Unpin(keys[i]);
+    if (done > 0) Add(n.gpu_loaded, done);
+  }
+  for (uint32_t l = 0; !r.gpu && l < ns.spec.shape.num_layers && done > 0; ++l) {
     for (uint32_t i = 0; i < done; ++i) {
       Status s = r.mover.Scatter(std::span<const int32_t>(blocks).subspan(uint64_t{i} * bpc, bpc),
                                  host->SlotAddress(slots[i]) + kChunkPayloadOffset, ns.payload_bytes, l, 1);
@@ -1156,6 +1215,71 @@ void Store::Impl::RunLoad(Registration& r, const std::vector<ChunkKey>& keys, si
                           std::to_string(uint64_t{done} * ns.spec.shape.chunk_tokens));
   Add(n.load_failed_chunks, total - done);
   t.Finish(std::move(st), done);
+}
+
+std::vector<SlotId> Store::Impl::GatherFromGpu(Registration& r, const std::vector<ChunkKey>& keys, size_t from,
+                                               const std::vector<int32_t>& blocks, const std::vector<int32_t>& tokens,
+                                               void* wait_event, Status* st) {
+  NamespaceState& ns = *r.ns;
+  std::vector<SlotId> slots;
+  AllocateSlots(ns, keys.size() - from, &slots, st);
+  if (slots.empty()) return slots;
+  const uint32_t bpc = r.mover.blocks_per_chunk();
+  const uint32_t ct = ns.spec.shape.chunk_tokens;
+  HbmTier* hbm = gpu->hbm();
+  std::vector<uint8_t*> payloads(slots.size()), hbm_dst(slots.size(), nullptr);
+  for (size_t j = 0; j < slots.size(); ++j) {
+    uint8_t* addr = host->SlotAddress(slots[j]);
+    if (ct <= kMaxPageTokens)  // the tokens travel with the chunk to lower tiers' metadata
+      std::memcpy(addr + kChunkTokensOffset, tokens.data() + (from + j) * ct, uint64_t{ct} * sizeof(int32_t));
+    payloads[j] = addr + kChunkPayloadOffset;
+    if (hbm != nullptr) hbm_dst[j] = hbm->Reserve(keys[from + j], ns.payload_bytes).value_or(nullptr);
+  }
+  Status g = r.gpu->Gather(std::span<const int32_t>(blocks).subspan(from * bpc, slots.size() * bpc), payloads,
+                           hbm_dst, wait_event);
+  for (size_t j = 0; j < slots.size(); ++j) {
+    if (hbm_dst[j] == nullptr) continue;
+    if (g.ok()) {
+      hbm->Commit(keys[from + j]);
+    } else {
+      hbm->Abort(keys[from + j]);
+    }
+  }
+  if (!g.ok()) {
+    for (const SlotId& slot : slots) host->Free(slot);
+    slots.clear();
+    *st = g.WithContext("save: ");
+    return slots;
+  }
+  Add(n.gpu_saved, slots.size());
+  return slots;
+}
+
+Status Store::Impl::ScatterToGpu(Registration& r, const std::vector<ChunkKey>& keys,
+                                 const std::vector<const uint8_t*>& payloads, const std::vector<bool>& hbm_src,
+                                 const std::vector<int32_t>& blocks, void* wait_event, TicketState& t) {
+  NamespaceState& ns = *r.ns;
+  const auto n_chunks = static_cast<uint32_t>(payloads.size());
+  // Chunks that came from host go into HBM too (gathered back from the engine's blocks
+  // on the GPU, device to device), committed once they are there.
+  HbmTier* hbm = gpu->hbm();
+  std::vector<uint8_t*> fill(n_chunks, nullptr);
+  if (hbm != nullptr)
+    for (uint32_t i = 0; i < n_chunks; ++i)
+      if (!hbm_src[i]) fill[i] = hbm->Reserve(keys[i], ns.payload_bytes).value_or(nullptr);
+  Status st = r.gpu->Scatter(
+      std::span<const int32_t>(blocks).first(uint64_t{n_chunks} * r.mover.blocks_per_chunk()), payloads, fill,
+      wait_event, [&t, n_chunks](GpuEvents events) { t.set_gpu_enqueued(std::move(events), n_chunks); },
+      [&t, n_chunks](uint32_t l) { t.set_layers_ready(l + 1, n_chunks); });
+  for (uint32_t i = 0; i < n_chunks; ++i) {
+    if (fill[i] == nullptr) continue;
+    if (st.ok()) {
+      hbm->Commit(keys[i]);
+    } else {
+      hbm->Abort(keys[i]);
+    }
+  }
+  return st;
 }
 
 // A prefetch: BringUp only, until done, cancelled, or past its deadline.
@@ -1198,6 +1322,10 @@ Result<std::unique_ptr<Store>> Store::Open(const StoreConfig& config) {
   Result<std::unique_ptr<HostTier>> host = HostTier::Create(ho);
   if (!host.ok()) return host.status();
   impl->host = std::move(*host);
+  Result<std::unique_ptr<GpuContext>> gpu =
+      GpuContext::Open(config.gpu, impl->host->region(), impl->host->capacity_bytes());
+  if (!gpu.ok()) return gpu.status();
+  impl->gpu = std::move(*gpu);
   if (config.nvme.enabled) {
     NvmeTierOptions no;
     no.paths = config.nvme.paths;
@@ -1264,6 +1392,7 @@ Status Store::Close() {
   s.io_pool.reset();
   s.nvme.reset();
   s.redis.reset();
+  s.gpu.reset();  // unregisters the region before it is unmapped
   s.host.reset();
   return Status::OK();
 }
@@ -1304,6 +1433,16 @@ Result<NamespaceHandle> Store::RegisterNamespace(const NamespaceSpec& spec, cons
   KVTIER_RETURN_IF_ERROR(ValidateNamespaceSpec(spec));
   Result<Mover> mover = Mover::Create(spec.shape, layout);
   if (!mover.ok()) return mover.status();
+  std::shared_ptr<GpuCopier> copier;
+  if (layout.device >= 0) {  // engine memory on a GPU: the CUDA kernels copy it
+    KVTIER_RETURN_IF_ERROR(s.gpu->CheckLayout(layout));
+    Result<std::unique_ptr<GpuCopier>> c = GpuCopier::Create(s.gpu.get(), *mover, layout.device);
+    if (!c.ok()) return c.status();
+    copier = std::move(*c);
+  } else if (layout.device != -1) {
+    return Status::InvalidArgument("KV layout: device " + std::to_string(layout.device) +
+                                   " is neither -1 (host memory) nor a CUDA device ordinal");
+  }
   const NamespaceId id = ComputeNamespaceId(spec);
   std::unique_lock<std::shared_mutex> l(s.reg_mu);
   std::shared_ptr<NamespaceState>& ns = s.namespaces[id];
@@ -1323,7 +1462,7 @@ Result<NamespaceHandle> Store::RegisterNamespace(const NamespaceSpec& spec, cons
     ns = std::make_shared<NamespaceState>(spec, id, &s.clock);
   }
   const uint32_t h = s.next_handle++;
-  s.registrations.emplace(h, std::make_shared<Registration>(Registration{ns, std::move(*mover)}));
+  s.registrations.emplace(h, std::make_shared<Registration>(Registration{ns, std::move(*mover), std::move(copier)}));
   return NamespaceHandle{h};
 }
 
@@ -1492,26 +1631,26 @@ Result<std::shared_ptr<Store::Impl::CopyRequest>> Store::Impl::MakeCopyRequest(
 }
 
 Result<Ticket> Store::Save(NamespaceHandle h, std::span<const int32_t> tokens, std::span<const int32_t> block_ids,
-                           std::span<const ExtraKey> extra_keys) {
+                           std::span<const ExtraKey> extra_keys, const CopyOptions& options) {
   Impl& s = *impl_;
   KVTIER_OPEN_GUARD(s);
   Result<std::shared_ptr<Impl::CopyRequest>> req = s.MakeCopyRequest(h, tokens, block_ids, extra_keys, true);
   if (!req.ok()) return req.status();
   auto t = std::make_shared<TicketState>(static_cast<uint32_t>((*req)->keys.size()));
   Add(s.n.saves, 1);
-  s.Enqueue([&s, q = *req, t](bool abort) {
+  s.Enqueue([&s, q = *req, t, wait_event = options.cuda_wait_event](bool abort) {
     if (abort) {
       Add(s.n.save_failed_chunks, q->keys.size());
       t->Finish(Status::Cancelled("save: store closed before the save ran"), 0);
       return;
     }
-    s.RunSave(*q->reg, q->keys, q->blocks, q->tokens, *t);
+    s.RunSave(*q->reg, q->keys, q->blocks, q->tokens, wait_event, *t);
   });
   return Ticket(std::move(t));
 }
 
 Result<Ticket> Store::Load(NamespaceHandle h, std::span<const int32_t> tokens, std::span<const int32_t> block_ids,
-                           std::span<const ExtraKey> extra_keys) {
+                           std::span<const ExtraKey> extra_keys, const CopyOptions& options) {
   Impl& s = *impl_;
   KVTIER_OPEN_GUARD(s);
   Result<std::shared_ptr<Impl::CopyRequest>> req = s.MakeCopyRequest(h, tokens, block_ids, extra_keys, false);
@@ -1528,13 +1667,13 @@ Result<Ticket> Store::Load(NamespaceHandle h, std::span<const int32_t> tokens, s
   for (int i = 0; i < kTierCount; ++i) Add(s.queued_bytes[i], queued[i]);
   auto t = std::make_shared<TicketState>(static_cast<uint32_t>((*req)->keys.size()));
   Add(s.n.loads, 1);
-  s.Enqueue([&s, q = *req, matched, t, queued](bool abort) {
+  s.Enqueue([&s, q = *req, matched, t, queued, wait_event = options.cuda_wait_event](bool abort) {
     if (abort) {
       q->reg->ns->index.Unpin(std::span<const ChunkKey>(q->keys.data(), matched));
       Add(s.n.load_failed_chunks, q->keys.size());
       t->Finish(Status::Cancelled("load: store closed before the load ran"), 0);
     } else {
-      s.RunLoad(*q->reg, q->keys, matched, q->blocks, *t);
+      s.RunLoad(*q->reg, q->keys, matched, q->blocks, wait_event, *t);
     }
     for (int i = 0; i < kTierCount; ++i) s.queued_bytes[i].fetch_sub(queued[i], std::memory_order_relaxed);
   });
@@ -1598,6 +1737,21 @@ StoreStats Store::Stats() const {
   o.redis_misses = g(s.n.redis_misses);
   o.redis_evictions = g(s.n.redis_evictions);
   o.redis_used_bytes = g(s.redis_used);
+  o.gpu_saved_chunks = g(s.n.gpu_saved);
+  o.gpu_loaded_chunks = g(s.n.gpu_loaded);
+  if (s.gpu) {
+    o.gpu_host_registered = s.gpu->host_registered();
+    o.gpu = s.gpu->reason();
+    if (HbmTier* h = s.gpu->hbm()) {
+      const HbmTierStats hs = h->Stats();
+      o.hbm_capacity_bytes = hs.capacity_bytes;
+      o.hbm_used_bytes = hs.used_bytes;
+      o.hbm_chunks = hs.chunks;
+      o.hbm_hits = hs.hits;
+      o.hbm_inserts = hs.inserts;
+      o.hbm_evictions = hs.evictions;
+    }
+  }
   o.admission_rejected_chunks = g(s.n.admission_rejected);
   o.prefetches = g(s.n.prefetches);
   o.prefetch_skipped = g(s.n.prefetch_skipped);

@@ -31,6 +31,25 @@ Result<uint32_t> TicketState::WaitLayer(uint32_t layer, std::chrono::nanoseconds
   return done_ ? chunks_done_.load(std::memory_order_acquire) : 0u;
 }
 
+void TicketState::set_gpu_enqueued(std::shared_ptr<const std::vector<void*>> events, uint32_t chunks) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    gpu_events_ = std::move(events);
+    gpu_chunks_ = chunks;
+  }
+  cv_.notify_all();
+}
+
+Result<std::pair<uint32_t, void*>> TicketState::WaitLayerEnqueued(uint32_t layer,
+                                                                  std::chrono::nanoseconds timeout) const {
+  std::unique_lock<std::mutex> l(mu_);
+  if (!cv_.wait_for(l, timeout, [&] { return done_ || gpu_events_ != nullptr || layers_ready_ > layer; }))
+    return Status::TimedOut("ticket: layer " + std::to_string(layer) + " not enqueued before the wait's deadline");
+  if (gpu_events_ != nullptr && layer < gpu_events_->size()) return std::make_pair(gpu_chunks_, (*gpu_events_)[layer]);
+  if (layers_ready_ > layer) return std::make_pair(layer_chunks_, static_cast<void*>(nullptr));
+  return std::make_pair(done_ ? chunks_done_.load(std::memory_order_acquire) : 0u, static_cast<void*>(nullptr));
+}
+
 bool TicketState::done() const {
   std::lock_guard<std::mutex> l(mu_);
   return done_;
@@ -89,6 +108,13 @@ Status Ticket::status() const {
 Result<uint32_t> Ticket::WaitLayer(uint32_t layer, std::chrono::nanoseconds timeout) const {
   if (!state_) return Status::InvalidArgument("ticket: released or empty");
   return state_->WaitLayer(layer, timeout);
+}
+
+Result<Ticket::LayerEvent> Ticket::WaitLayerEnqueued(uint32_t layer, std::chrono::nanoseconds timeout) const {
+  if (!state_) return Status::InvalidArgument("ticket: released or empty");
+  Result<std::pair<uint32_t, void*>> r = state_->WaitLayerEnqueued(layer, timeout);
+  if (!r.ok()) return r.status();
+  return LayerEvent{r->first, r->second};
 }
 
 uint32_t Ticket::chunks_done() const { return state_ ? state_->chunks_done() : 0; }

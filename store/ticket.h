@@ -8,6 +8,9 @@
 // deliver, it copies them into engine memory layer by layer and publishes each layer as
 // it lands, so an engine can start layer i while layer i + 1 is still being copied.
 //
+// A GPU load also publishes, once every layer's copy is enqueued, one CUDA event per
+// layer (held here until the state goes) for engines that wait on the GPU instead.
+//
 // Thread-safety: all methods are thread-safe. mu_ guards the final status, the done
 // flag and the layer progress; cancel_ and chunks_done_ are atomics read without the lock.
 #ifndef KVTIER_STORE_TICKET_H_
@@ -17,7 +20,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
+#include <vector>
 
 #include "kvtier/status.h"
 
@@ -33,6 +38,9 @@ class TicketState {
   // Layers [0, layers) of the first `chunks` chunks are in engine memory.
   void set_layers_ready(uint32_t layers, uint32_t chunks);
   void Finish(Status status, uint32_t chunks_done);
+  // GPU loads: every layer of the first `chunks` chunks is enqueued; events[l] completes
+  // when layer l is in engine memory.
+  void set_gpu_enqueued(std::shared_ptr<const std::vector<void*>> events, uint32_t chunks);
 
   // Caller side.
   bool done() const;
@@ -43,6 +51,10 @@ class TicketState {
   // chunks have it: the load's final chunk count once it is in place, 0 when the load
   // delivers nothing. TimedOut when the deadline passes first.
   Result<uint32_t> WaitLayer(uint32_t layer, std::chrono::nanoseconds timeout) const;
+  // Waits until layer `layer` is enqueued on the GPU (GPU loads) or in place (others), or
+  // the ticket is done; returns the chunks that layer covers and its event (null when
+  // there is none to wait on).
+  Result<std::pair<uint32_t, void*>> WaitLayerEnqueued(uint32_t layer, std::chrono::nanoseconds timeout) const;
   uint32_t chunks_done() const { return chunks_done_.load(std::memory_order_acquire); }
   uint32_t chunks_requested() const { return chunks_requested_; }
   void Cancel() { cancel_.store(true, std::memory_order_release); }
@@ -58,6 +70,8 @@ class TicketState {
   uint32_t layers_ready_ = 0;        // guarded by mu_
   uint32_t layer_chunks_ = 0;        // guarded by mu_: chunks that layers_ready_ covers
   Status status_;      // guarded by mu_; final once done_
+  std::shared_ptr<const std::vector<void*>> gpu_events_;  // guarded by mu_; set once
+  uint32_t gpu_chunks_ = 0;                               // guarded by mu_
 };
 
 }  // namespace kvtier

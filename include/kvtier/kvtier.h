@@ -84,6 +84,14 @@ typedef enum kvt_tier { KVT_TIER_GPU = 0, KVT_TIER_HOST = 1, KVT_TIER_NVME = 2, 
 
 typedef enum kvt_huge_pages { KVT_HUGE_PAGES_AUTO = 0, KVT_HUGE_PAGES_OFF = 1, KVT_HUGE_PAGES_REQUIRE = 2 } kvt_huge_pages;
 
+/* cudaHostRegister of the host tier's region, so GPU copies are DMA: when a device is
+ * present (AUTO), never (OFF: GPU KV memory is refused), or fail the open without it. */
+typedef enum kvt_host_registration {
+  KVT_HOST_REGISTER_AUTO = 0,
+  KVT_HOST_REGISTER_OFF = 1,
+  KVT_HOST_REGISTER_REQUIRE = 2
+} kvt_host_registration;
+
 typedef enum kvt_write_policy {
   KVT_WRITE_BACK = 0,    /* chunks go to NVMe when host eviction demotes them */
   KVT_WRITE_THROUGH = 1, /* every save also goes to NVMe; done when durable there */
@@ -127,6 +135,10 @@ typedef struct kvt_store_options {
   int32_t admission_nvme_second_hit;
   int32_t admission_redis_second_hit;
   uint32_t max_prefetches;           /* default 4 */
+  /* ---- appended: the GPU path (a CUDA build; see kvt_kv_layout.device) ---- */
+  int32_t gpu_register_host;         /* kvt_host_registration, default AUTO */
+  int32_t gpu_device;                /* CUDA device of the HBM tier and registration; default 0 */
+  uint64_t gpu_hbm_capacity_bytes;   /* HBM tier: copies of hot chunks in GPU memory; 0: off */
 } kvt_store_options;
 
 /* Model identity and KV shape; strings are copied, NULL means "". */
@@ -175,7 +187,21 @@ typedef struct kvt_kv_layout {
    * overlap, and kv_offset is ignored. A NULL entry keeps kv_offset for that layer.
    * Callers built before this field (struct_size 24) are still accepted. */
   void* const* v_bases;
+  /* -1 (kvt_kv_layout_init's default): the layers are host memory. Otherwise the CUDA
+   * device whose memory holds them: saves and loads then run the CUDA copy kernels
+   * (needs a CUDA build and the host region registered). Callers built before this
+   * field (struct_size 32) get -1. */
+  int32_t device;
 } kvt_kv_layout;
+
+/* kvt_save_ex / kvt_load_ex: per-call options. */
+typedef struct kvt_copy_options {
+  uint32_t struct_size;
+  /* GPU KV memory: a cudaEvent_t the engine recorded on its stream after writing the
+   * blocks to save (or last reading the blocks a load overwrites); the copies wait for it
+   * on the GPU. NULL: none. Must stay valid until the ticket is done. */
+  void* cuda_wait_event;
+} kvt_copy_options;
 
 /* A hash bound to one chunk in addition to its tokens (e.g. an image's hash). */
 typedef struct kvt_extra_key {
@@ -214,6 +240,7 @@ KVT_API void kvt_store_options_init(kvt_store_options* opts);
 KVT_API void kvt_namespace_spec_init(kvt_namespace_spec* spec);
 KVT_API void kvt_kv_layout_init(kvt_kv_layout* layout);
 KVT_API void kvt_lookup_options_init(kvt_lookup_options* opts);
+KVT_API void kvt_copy_options_init(kvt_copy_options* opts);
 
 /* ---- store ------------------------------------------------------------------------ */
 /* Opens an embedded store. On error *out is NULL and, when err is not NULL, a message is
@@ -264,6 +291,14 @@ KVT_API int kvt_save(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens
 KVT_API int kvt_load(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens, const int32_t* block_ids,
                      size_t num_block_ids, const kvt_extra_key* extra_keys, size_t num_extra_keys, kvt_ticket** out);
 
+/* kvt_save / kvt_load with options (opts may be NULL). */
+KVT_API int kvt_save_ex(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens, const int32_t* block_ids,
+                        size_t num_block_ids, const kvt_extra_key* extra_keys, size_t num_extra_keys,
+                        const kvt_copy_options* opts, kvt_ticket** out);
+KVT_API int kvt_load_ex(kvt_namespace* ns, const int32_t* tokens, size_t num_tokens, const int32_t* block_ids,
+                        size_t num_block_ids, const kvt_extra_key* extra_keys, size_t num_extra_keys,
+                        const kvt_copy_options* opts, kvt_ticket** out);
+
 /* ---- tickets ------------------------------------------------------------------------ */
 /* KVT_IN_PROGRESS while running; then KVT_OK or the error of the first chunk that failed.
  * chunks_done (may be NULL) receives the number of leading chunks that succeeded. */
@@ -274,6 +309,14 @@ KVT_API int kvt_ticket_wait(kvt_ticket* ticket, int64_t timeout_us, uint32_t* ch
  * the load delivers is in engine memory; *chunks (may be NULL) receives how many leading
  * chunks that is (0: nothing to use). KVT_IN_PROGRESS on timeout. Layers land in order. */
 KVT_API int kvt_ticket_wait_layer(kvt_ticket* ticket, uint32_t layer, int64_t timeout_us, uint32_t* chunks);
+/* Loads into GPU memory: waits (up to timeout_us; negative: no limit) only until layer
+ * `layer` is enqueued on the GPU, and writes to *cuda_event a cudaEvent_t that completes
+ * when it lands, for the engine's stream to wait on (cudaStreamWaitEvent) without
+ * blocking the host; *chunks (may be NULL) as kvt_ticket_wait_layer. *cuda_event is NULL
+ * when there is nothing to wait for on the GPU (host memory, or nothing delivered). The
+ * event belongs to the ticket until it is released. KVT_IN_PROGRESS on timeout. */
+KVT_API int kvt_ticket_layer_event(kvt_ticket* ticket, uint32_t layer, int64_t timeout_us, uint32_t* chunks,
+                                   void** cuda_event);
 /* Best effort: chunks not started are skipped. */
 KVT_API int kvt_ticket_cancel(kvt_ticket* ticket);
 /* Cancels if running, waits, and frees the handle. NULL is a no-op. */

@@ -107,6 +107,23 @@ struct AdmissionConfig {
   bool redis_second_hit = false;   // the same for Redis
 };
 
+// The GPU path (kvtier built with CUDA). Engines whose KV lives on a GPU register it with
+// KvMemoryLayout::device; saves and loads then run the CUDA copy kernels between its
+// blocks and the host tier, which is registered with the driver for DMA.
+enum class HostRegistration : uint8_t {
+  kAuto = 0,     // register when a device is present; carry on without (GPU namespaces refused)
+  kOff = 1,      // never (GPU namespaces refused)
+  kRequire = 2,  // fail Open when the region cannot be registered
+};
+
+struct GpuConfig {
+  HostRegistration register_host = HostRegistration::kAuto;
+  int32_t device = 0;              // CUDA device of the HBM tier (and of registration)
+  // HBM tier (T0): device memory holding copies of hot chunks, so a GPU load of one is a
+  // device-to-device copy. 0: off. Needs a device.
+  uint64_t hbm_capacity_bytes = 0;
+};
+
 struct StoreConfig {
   uint64_t host_capacity_bytes = 1ull << 30;  // the host tier's region
   HugePages huge_pages = HugePages::kAuto;
@@ -118,6 +135,7 @@ struct StoreConfig {
   PlannerConfig planner;
   AdmissionConfig admission;
   uint32_t max_prefetches = 4;   // prefetches running at once; a lookup beyond that starts none
+  GpuConfig gpu;
   Env* env = nullptr;  // file system for the NVMe tier (tests inject faults); default POSIX
 };
 
@@ -132,6 +150,15 @@ struct LookupOptions {
   // (CancelPrefetch, Close) or past its deadline.
   bool prefetch = false;
   std::chrono::milliseconds prefetch_deadline{10000};
+};
+
+// Per save or load.
+struct CopyOptions {
+  // GPU namespaces: a CUDA event (cudaEvent_t) the engine recorded on its stream after
+  // writing the blocks to save (or last reading the blocks a load overwrites). The
+  // Store's copies wait for it on the GPU, so the engine need not synchronize first.
+  // It must stay valid until the ticket is done. Ignored for host namespaces.
+  void* cuda_wait_event = nullptr;
 };
 
 struct LookupResult {
@@ -209,6 +236,17 @@ struct StoreStats {
   uint64_t redis_bytes_in = 0;
   uint64_t redis_used_bytes = 0;        // value bytes of the chunks indexed as in Redis
   uint64_t redis_evictions = 0;         // chunks deleted to stay within redis.capacity_bytes
+  // GPU path.
+  bool gpu_host_registered = false;     // the host region is registered for DMA
+  std::string gpu;                      // what the GPU path has, or why it is off
+  uint64_t gpu_saved_chunks = 0;        // gathered from GPU engine memory
+  uint64_t gpu_loaded_chunks = 0;       // scattered into GPU engine memory
+  uint64_t hbm_capacity_bytes = 0;      // HBM tier (zero when off)
+  uint64_t hbm_used_bytes = 0;
+  uint64_t hbm_chunks = 0;
+  uint64_t hbm_hits = 0;                // GPU load chunks served device to device
+  uint64_t hbm_inserts = 0;
+  uint64_t hbm_evictions = 0;
 };
 
 class TicketState;
@@ -241,6 +279,17 @@ class Ticket {
   // run layer i while i + 1 is still being copied (vLLM's wait_for_layer_load).
   // TimedOut when `timeout` passes first.
   Result<uint32_t> WaitLayer(uint32_t layer, std::chrono::nanoseconds timeout) const;
+  // GPU loads: waits only until the copies of layer `layer` are enqueued on the GPU, and
+  // returns a CUDA event (cudaEvent_t) that completes when they land, for the engine's
+  // stream to wait on (cudaStreamWaitEvent) without blocking the host; `chunks` is what
+  // WaitLayer would return. cuda_event is null when there is nothing to wait for on the
+  // GPU (a host namespace, or a load that delivers nothing): use chunks alone then. The
+  // event belongs to the ticket and is valid until it is released. TimedOut as WaitLayer.
+  struct LayerEvent {
+    uint32_t chunks = 0;
+    void* cuda_event = nullptr;
+  };
+  Result<LayerEvent> WaitLayerEnqueued(uint32_t layer, std::chrono::nanoseconds timeout) const;
   uint32_t chunks_requested() const;
   // Best effort: chunks not started yet are skipped; a chunk being copied completes.
   void Cancel();
@@ -286,9 +335,9 @@ class Store {
                              std::span<const ExtraKey> extra_keys = {});
   Status UnpinPrefix(NamespaceHandle ns, std::span<const int32_t> tokens, std::span<const ExtraKey> extra_keys = {});
   Result<Ticket> Save(NamespaceHandle ns, std::span<const int32_t> tokens, std::span<const int32_t> block_ids,
-                      std::span<const ExtraKey> extra_keys = {});
+                      std::span<const ExtraKey> extra_keys = {}, const CopyOptions& options = {});
   Result<Ticket> Load(NamespaceHandle ns, std::span<const int32_t> tokens, std::span<const int32_t> block_ids,
-                      std::span<const ExtraKey> extra_keys = {});
+                      std::span<const ExtraKey> extra_keys = {}, const CopyOptions& options = {});
 
   StoreStats Stats() const;
 

@@ -84,6 +84,10 @@ struct KvMemoryLayout {
   uint32_t block_tokens = 0;  // tokens per engine block (vLLM block_size)
   uint32_t num_blocks = 0;    // blocks per layer
   std::vector<KvLayerMemory> layers;
+  // Where the layers live: -1 host memory; a CUDA device ordinal when they are GPU
+  // memory (copies then run the CUDA kernels; needs a CUDA build and GpuConfig's host
+  // registration).
+  int32_t device = -1;
 };
 
 // A hash the engine binds to one chunk in addition to its tokens (e.g. an image's hash
