@@ -173,7 +173,7 @@ int RunBenchTiersNvme(const std::vector<std::string>& argv) {
     spec.shape = Llama3_8b();
     spec.shape.chunk_tokens = chunk_tokens;
     const uint32_t block_tokens = chunk_tokens % 16 == 0 ? 16 : chunk_tokens;
-    EngineKv engine = MakeEngine(spec.shape, block_tokens, *engine_mib * kMiB);
+    EngineKv engine = MakeHostEngine(spec.shape, block_tokens, *engine_mib * kMiB);
     Result<NamespaceHandle> ns = (*store)->RegisterNamespace(spec, engine.layout);
     if (!ns.ok()) return Fail("tiers", ns.status());
     Workload w = Workload::ForEngine(store->get(), *ns, spec.shape, engine);
@@ -283,7 +283,7 @@ int RunBenchRestart(const std::vector<std::string>& argv) {
   cfg.nvme.buffered = a->Has("buffered");
   cfg.nvme.policy = WritePolicy::kWriteThrough;
 
-  EngineKv engine = MakeEngine(spec.shape, static_cast<uint32_t>(*chunk_tokens),
+  EngineKv engine = MakeHostEngine(spec.shape, static_cast<uint32_t>(*chunk_tokens),
                                (*per_request + 1) * payload);
   Workload w;
   w.chunk_tokens = spec.shape.chunk_tokens;

@@ -331,6 +331,7 @@ struct Options {
   uint64_t reps = 3;
   double seconds = 0.3;
   uint64_t engine_bytes = 256 * kMiB;
+  int engine_device = -1;  // >= 0: the engine's KV in that GPU's memory (loads through the GPU path)
   uint32_t queue_depth = 16;
   std::string nvme_dir;  // where the NVMe tier's files live
   bool buffered = false;
@@ -474,7 +475,9 @@ Status MeasureHost(ShapeRun& run, const Options& o, Progress& prog) {
   spec.shape = run.shape;
   const uint32_t block_tokens = ct % 16 == 0 ? 16 : ct;
   const uint32_t bpc = ct / block_tokens;
-  EngineKv engine = MakeEngine(spec.shape, block_tokens, o.engine_bytes);
+  Result<EngineKv> made = MakeEngine(spec.shape, block_tokens, o.engine_bytes, o.engine_device);
+  if (!made.ok()) return made.status();
+  EngineKv engine = std::move(*made);
   Result<NamespaceHandle> ns = (*store)->RegisterNamespace(spec, engine.layout);
   if (!ns.ok()) return ns.status();
   const std::string what = "host " + run.label;
@@ -586,7 +589,9 @@ Status MeasureCold(ShapeRun& run, const Options& o, TierId tier, const std::stri
   spec.shape = run.shape;
   const uint32_t block_tokens = ct % 16 == 0 ? 16 : ct;
   const uint32_t bpc = ct / block_tokens;
-  EngineKv engine = MakeEngine(spec.shape, block_tokens, o.engine_bytes);
+  Result<EngineKv> made = MakeEngine(spec.shape, block_tokens, o.engine_bytes, o.engine_device);
+  if (!made.ok()) return made.status();
+  EngineKv engine = std::move(*made);
   Result<NamespaceHandle> ns = (*store)->RegisterNamespace(spec, engine.layout);
   if (!ns.ok()) return ns.status();
   const std::string what = std::string(TierName(tier)) + " " + run.label;
@@ -708,7 +713,7 @@ int RunBenchRecompute(const std::vector<std::string>& argv) {
        "gpu-hbm-tbps", "gpu-cost-per-hour", "storage-cost-per-gb-hour-host", "storage-cost-per-gb-hour-nvme",
        "storage-cost-per-gb-hour-redis", "residency-hours", "chunk-tokens", "measure-mib", "reps", "seconds",
        "engine-mib", "queue-depth", "io", "measured-prefill-json", "redis", "name", "layers", "kv-heads", "q-heads",
-       "head-dim", "dtype", "params-b", "active-params-b", "window", "weight-bytes"},
+       "head-dim", "dtype", "params-b", "active-params-b", "window", "weight-bytes", "engine"},
       {"json", "no-progress", "no-plot", "buffered", "mla"});
   if (!a.ok()) return fail(a.status());
   const bool json = a->Has("json");
@@ -871,6 +876,11 @@ int RunBenchRecompute(const std::vector<std::string>& argv) {
   o.reps = *reps;
   o.seconds = *seconds;
   o.engine_bytes = *engine_mib * kMiB;
+  // Where the engine's KV lives: a GPU when there is one (loads then go host tier -> GPU
+  // through the copy kernels, as an engine sees them), else host memory.
+  Result<int> engine_device = ParseEngineMemory(a->Get("engine", "auto"));
+  if (!engine_device.ok()) return fail(engine_device.status());
+  o.engine_device = *engine_device;
   o.queue_depth = static_cast<uint32_t>(*qd);
   o.buffered = a->Has("buffered");
 
@@ -946,9 +956,11 @@ int RunBenchRecompute(const std::vector<std::string>& argv) {
   prog.SetTotal(units);
 
   if (!json) {
-    std::printf("kvtier bench recompute: chunk_tokens=%u reps=%llu measure<=%llu MiB per request, tiers=%s%s%s\n", ct,
-                static_cast<unsigned long long>(o.reps), static_cast<unsigned long long>(*measure_mib),
-                a->Get("tiers", default_tiers).c_str(), want_nvme ? " nvme_dir=" : "", o.nvme_dir.c_str());
+    std::printf("kvtier bench recompute: chunk_tokens=%u reps=%llu measure<=%llu MiB per request, tiers=%s%s%s, "
+                "engine KV in %s\n",
+                ct, static_cast<unsigned long long>(o.reps), static_cast<unsigned long long>(*measure_mib),
+                a->Get("tiers", default_tiers).c_str(), want_nvme ? " nvme_dir=" : "", o.nvme_dir.c_str(),
+                o.engine_device >= 0 ? "GPU memory (loads through the GPU path)" : "host memory");
     if (std::find(tiers.begin(), tiers.end(), "redis") != tiers.end())
       std::printf("redis tier: %s (the run deletes its keys; they expire in 10 minutes anyway)\n", redis_addr.c_str());
     else if (!redis_reachable)

@@ -8,6 +8,11 @@
 // thread. The limit is a single-thread memcpy of the same chunk size over buffers of
 // the same sizes, so the ratio says how close a save or load comes to one memory copy.
 // Repetitions interleave limit, save and load; medians are printed.
+//
+// --engine gpu: the engine's KV is in GPU memory, so saves and loads go through the GPU
+// path (copy kernels between the device blocks and the registered host slots); the
+// limits are then cudaMemcpy of the same chunk size between pinned host memory and the
+// device (device to host for saves, host to device for loads).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -21,6 +26,10 @@
 #include "bench/bench.h"
 #include "bench/workload.h"
 #include "kvtier/store.h"
+
+#if KVTIER_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 namespace kvtier::bench {
 namespace {
@@ -46,6 +55,40 @@ double MemcpyLimit(const uint8_t* src, uint64_t src_bytes, uint8_t* dst, uint64_
   return bytes / secs / 1e9;
 }
 
+#if KVTIER_WITH_CUDA
+// cudaMemcpy of chunk_bytes at a time between pinned host memory (host_bytes, at most
+// 1 GiB) and device memory (device_bytes), cycling, for `seconds`. 0 on a CUDA error.
+double GpuCopyLimit(bool to_device, uint64_t host_bytes, uint64_t device_bytes, uint64_t chunk_bytes,
+                    double seconds) {
+  host_bytes = std::max(std::min<uint64_t>(host_bytes, 1ull << 30), chunk_bytes);
+  device_bytes = std::max(device_bytes, chunk_bytes);
+  void* h = nullptr;
+  void* d = nullptr;
+  double gbps = 0;
+  if (cudaMallocHost(&h, host_bytes) == cudaSuccess && cudaMalloc(&d, device_bytes) == cudaSuccess) {
+    std::memset(h, 3, host_bytes);
+    const uint64_t hs = host_bytes / chunk_bytes, ds = device_bytes / chunk_bytes;
+    uint64_t i = 0, bytes = 0;
+    const auto t0 = Clock::now();
+    double secs = 0;
+    bool ok = true;
+    do {
+      uint8_t* hp = static_cast<uint8_t*>(h) + (i % hs) * chunk_bytes;
+      uint8_t* dp = static_cast<uint8_t*>(d) + (i * 7 % ds) * chunk_bytes;
+      ok = (to_device ? cudaMemcpy(dp, hp, chunk_bytes, cudaMemcpyHostToDevice)
+                      : cudaMemcpy(hp, dp, chunk_bytes, cudaMemcpyDeviceToHost)) == cudaSuccess;
+      bytes += chunk_bytes;
+      ++i;
+      secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    } while (ok && secs < seconds);
+    if (ok) gbps = bytes / secs / 1e9;
+  }
+  if (d != nullptr) (void)cudaFree(d);
+  if (h != nullptr) (void)cudaFreeHost(h);
+  return gbps;
+}
+#endif
+
 }  // namespace
 
 int RunBenchTiers(const std::vector<std::string>& argv) {
@@ -59,7 +102,7 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
   }
   Result<Args> a = Args::Parse(argv,
                                {"tier", "sizes", "seconds", "reps", "host-capacity-mib", "engine-mib", "workers",
-                                "depth"},
+                                "depth", "engine"},
                                {"json"});
   if (!a.ok()) {
     std::fprintf(stderr, "kvtier bench tiers: %s\n", a.status().message().c_str());
@@ -104,6 +147,12 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
     return s;
   }());
 
+  // --engine gpu: the engine's KV in GPU memory, loads and saves through the GPU path.
+  Result<int> engine_device = ParseEngineMemory(a->Get("engine", "host"));
+  if (!engine_device.ok()) {
+    std::fprintf(stderr, "kvtier bench tiers: %s\n", engine_device.status().message().c_str());
+    return 2;
+  }
   StoreConfig cfg;
   cfg.host_capacity_bytes = *host_mib * kMiB;
   cfg.worker_threads = static_cast<uint32_t>(*workers);
@@ -120,8 +169,9 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
   std::memset(src.data(), 2, src.size());
   if (!json)
     std::printf("kvtier bench tiers: tier=host shape=llama3-8b (128 KiB/token, NHD layout) host=%llu MiB "
-                "engine=%llu MiB workers=%llu depth=%llu huge_pages=%s reps=%llu\n",
+                "engine=%llu MiB%s workers=%llu depth=%llu huge_pages=%s reps=%llu\n",
                 static_cast<unsigned long long>(*host_mib), static_cast<unsigned long long>(*engine_mib),
+                *engine_device >= 0 ? " (GPU memory)" : "",
                 static_cast<unsigned long long>(*workers), static_cast<unsigned long long>(*depth), huge.c_str(),
                 static_cast<unsigned long long>(*reps));
 
@@ -140,7 +190,12 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
     spec.shape = shape;
     spec.shape.chunk_tokens = chunk_tokens;
     const uint32_t block_tokens = chunk_tokens % 16 == 0 ? 16 : chunk_tokens;
-    EngineKv engine = MakeEngine(spec.shape, block_tokens, *engine_mib * kMiB);
+    Result<EngineKv> made = MakeEngine(spec.shape, block_tokens, *engine_mib * kMiB, *engine_device);
+    if (!made.ok()) {
+      std::fprintf(stderr, "kvtier bench tiers: %s\n", made.status().ToString().c_str());
+      return 2;
+    }
+    EngineKv engine = std::move(*made);
     Result<NamespaceHandle> ns = (*store)->RegisterNamespace(spec, engine.layout);
     if (!ns.ok()) {
       std::fprintf(stderr, "kvtier bench tiers: %s\n", ns.status().ToString().c_str());
@@ -159,9 +214,18 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
     // Loads cycle over requests that are certainly still cached.
     w.max_saved = capacity_chunks / request_slots - w.depth - 1;
 
-    std::vector<double> lim, sv, ld;
+    std::vector<double> lim, lim_load, sv, ld;  // lim: saves' (and, on the host, loads') limit
+    const bool gpu = *engine_device >= 0;
     for (uint64_t r = 0; r < *reps; ++r) {
-      lim.push_back(MemcpyLimit(src.data(), src.size(), dst.data(), dst.size(), w.chunk_bytes, *seconds));
+      if (!gpu) {
+        lim.push_back(MemcpyLimit(src.data(), src.size(), dst.data(), dst.size(), w.chunk_bytes, *seconds));
+        lim_load.push_back(lim.back());
+      } else {
+#if KVTIER_WITH_CUDA
+        lim.push_back(GpuCopyLimit(false, cfg.host_capacity_bytes, *engine_mib * kMiB, w.chunk_bytes, *seconds));
+        lim_load.push_back(GpuCopyLimit(true, cfg.host_capacity_bytes, *engine_mib * kMiB, w.chunk_bytes, *seconds));
+#endif
+      }
       Result<double> s = w.Run(true, *seconds);
       Result<double> l = s.ok() ? w.Run(false, *seconds) : Result<double>(s.status());
       if (!l.ok()) {
@@ -171,9 +235,12 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
       sv.push_back(*s);
       ld.push_back(*l);
     }
-    const double limit = Median(lim);
     for (int op = 0; op < 2; ++op) {
       const double g = Median(op == 0 ? sv : ld);
+      const double limit = Median(op == 0 ? lim : lim_load);
+      const char* limit_name = !gpu ? "single-thread memcpy"
+                               : op == 0 ? "cudaMemcpy D2H (pinned)"
+                                         : "cudaMemcpy H2D (pinned)";
       Report rep(json);
       rep.Add("bench", "tiers")
           .Add("tier", "host")
@@ -184,7 +251,7 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
           .Add("gbps", g)
           .Add("limit_gbps", limit)
           .Add("ratio", limit > 0 ? g / limit : 0.0)
-          .Add("limit", "single-thread memcpy")
+          .Add("limit", limit_name)
           .Add("workers", *workers)
           .Add("reps", *reps);
       rep.Print();

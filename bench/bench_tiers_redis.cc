@@ -108,7 +108,7 @@ int RunBenchTiersRedis(const std::vector<std::string>& argv) {
     spec.shape = LlamaShape();
     spec.shape.chunk_tokens = chunk_tokens;
     const uint32_t block_tokens = chunk_tokens % 16 == 0 ? 16 : chunk_tokens;
-    EngineKv engine = MakeEngine(spec.shape, block_tokens, *engine_mib * kMiB);
+    EngineKv engine = MakeHostEngine(spec.shape, block_tokens, *engine_mib * kMiB);
     Result<NamespaceHandle> ns = (*store)->RegisterNamespace(spec, engine.layout);
     if (!ns.ok()) return Fail(ns.status());
     Workload w = Workload::ForEngine(store->get(), *ns, spec.shape, engine);

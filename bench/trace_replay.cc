@@ -194,7 +194,7 @@ Result<ReplayResult> ReplayTrace(const Trace& trace, const ReplayOptions& o) {
       2 * uint64_t{shape.num_layers} * B * shape.num_kv_heads * shape.head_dim * DTypeSize(shape.dtype);
   const uint64_t engine_blocks =
       std::max<uint64_t>(1, std::min<uint64_t>(trace.max_blocks, kMaxEngineBytes / per_block));
-  EngineKv engine = MakeEngine(shape, B, engine_blocks * per_block);
+  EngineKv engine = MakeHostEngine(shape, B, engine_blocks * per_block);
   const uint32_t nb = engine.layout.num_blocks;
   const Blocks blocks(&engine);
 

@@ -4,6 +4,10 @@
 #include <chrono>
 #include <random>
 
+#if KVTIER_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
 namespace kvtier::bench {
 
 using Clock = std::chrono::steady_clock;
@@ -15,7 +19,7 @@ double Median(std::vector<double> v) {
 }
 
 // vLLM FlashAttention layout per layer: [2][num_blocks][block_tokens][heads][head_dim].
-EngineKv MakeEngine(const KvShape& shape, uint32_t block_tokens, uint64_t total_bytes) {
+Result<EngineKv> MakeEngine(const KvShape& shape, uint32_t block_tokens, uint64_t total_bytes, int device) {
   EngineKv e;
   e.shape = shape;
   const uint64_t elem = DTypeSize(shape.dtype);
@@ -26,11 +30,33 @@ EngineKv MakeEngine(const KvShape& shape, uint32_t block_tokens, uint64_t total_
   e.layer_bytes = 2 * block * num_blocks;
   e.layout.block_tokens = block_tokens;
   e.layout.num_blocks = num_blocks;
+  e.layout.device = device;
+#if !KVTIER_WITH_CUDA
+  if (device >= 0) return Status::NotSupported("GPU engine memory: kvtier was built without CUDA");
+#endif
   std::mt19937_64 rng(42);
+  std::unique_ptr<uint8_t[]> staging;
   for (uint32_t l = 0; l < shape.num_layers; ++l) {
-    e.layers.emplace_back(new uint8_t[e.layer_bytes]);
-    uint64_t* w = reinterpret_cast<uint64_t*>(e.layers.back().get());
+    if (device < 0) {
+      e.layers.emplace_back(new uint8_t[e.layer_bytes], std::default_delete<uint8_t[]>());
+    } else {
+#if KVTIER_WITH_CUDA
+      void* p = nullptr;
+      cudaError_t err = cudaSetDevice(device);
+      if (err == cudaSuccess) err = cudaMalloc(&p, e.layer_bytes);
+      if (err != cudaSuccess)
+        return Status::NotSupported(std::string("GPU engine memory: ") + cudaGetErrorString(err));
+      e.layers.emplace_back(static_cast<uint8_t*>(p), [](uint8_t* q) { (void)cudaFree(q); });
+      if (!staging) staging.reset(new uint8_t[e.layer_bytes]);
+#endif
+    }
+    uint8_t* fill = device < 0 ? e.layers.back().get() : staging.get();
+    uint64_t* w = reinterpret_cast<uint64_t*>(fill);
     for (uint64_t i = 0; i < e.layer_bytes / 8; ++i) w[i] = rng();
+#if KVTIER_WITH_CUDA
+    if (device >= 0 && cudaMemcpy(e.layers.back().get(), fill, e.layer_bytes, cudaMemcpyHostToDevice) != cudaSuccess)
+      return Status::Internal("GPU engine memory: cudaMemcpy of its contents failed");
+#endif
     KvLayerMemory m;
     m.base = e.layers.back().get();
     m.bytes = e.layer_bytes;
@@ -42,6 +68,23 @@ EngineKv MakeEngine(const KvShape& shape, uint32_t block_tokens, uint64_t total_
     e.layout.layers.push_back(m);
   }
   return e;
+}
+
+Result<int> ParseEngineMemory(const std::string& what) {
+  if (what == "host") return -1;
+  if (what != "gpu" && what != "auto")
+    return Status::InvalidArgument("--engine " + what + ": expected host, gpu or auto");
+#if KVTIER_WITH_CUDA
+  int n = 0;
+  const bool have = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+  (void)cudaGetLastError();
+  if (have) return 0;
+  if (what == "gpu") return Status::NotSupported("--engine gpu: no CUDA device on this machine");
+  return -1;
+#else
+  if (what == "gpu") return Status::NotSupported("--engine gpu: kvtier was built without CUDA");
+  return -1;
+#endif
 }
 
 Workload Workload::ForEngine(Store* store, NamespaceHandle ns, const KvShape& shape, const EngineKv& engine) {

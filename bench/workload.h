@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "kvtier/store.h"
@@ -17,13 +18,24 @@ double Median(std::vector<double> v);
 struct EngineKv {
   KvShape shape;
   KvMemoryLayout layout;
-  std::vector<std::unique_ptr<uint8_t[]>> layers;
+  std::vector<std::shared_ptr<uint8_t>> layers;  // host memory, or device memory (freed with cudaFree)
   uint64_t layer_bytes = 0;
 };
 
 // vLLM FlashAttention layout per layer: [2][num_blocks][block_tokens][heads][head_dim],
-// about total_bytes over all layers, filled with random bytes.
-EngineKv MakeEngine(const KvShape& shape, uint32_t block_tokens, uint64_t total_bytes);
+// about total_bytes over all layers, filled with random bytes. device >= 0: in that CUDA
+// device's memory (layout.device set), as an engine on a GPU holds it; NotSupported
+// without CUDA or the device.
+Result<EngineKv> MakeEngine(const KvShape& shape, uint32_t block_tokens, uint64_t total_bytes, int device = -1);
+
+// MakeEngine in host memory (which only fails by throwing bad_alloc).
+inline EngineKv MakeHostEngine(const KvShape& shape, uint32_t block_tokens, uint64_t total_bytes) {
+  Result<EngineKv> e = MakeEngine(shape, block_tokens, total_bytes, -1);
+  return std::move(*e);
+}
+
+// "host" -> -1, "gpu" -> 0, "auto" -> 0 when a CUDA device is present, else -1.
+Result<int> ParseEngineMemory(const std::string& what);
 
 // Requests of chunks_per_request chunks; request `id` has its own tokens (so its own
 // chain of keys) and blocks.
