@@ -22,6 +22,8 @@ const char* Status::CodeName(Code code) noexcept {
     case Code::kClosed: return "closed";
     case Code::kNoMemory: return "out of memory";
     case Code::kInternal: return "internal error";
+    case Code::kUnavailable: return "unavailable";
+    case Code::kPermissionDenied: return "permission denied";
   }
   return "unknown status";
 }

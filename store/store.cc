@@ -1774,4 +1774,29 @@ StoreStats Store::Stats() const {
   return o;
 }
 
+// ---- leases (stubs until implemented) ----------------------------------------------------
+
+Result<NamespaceHandle> Store::RegisterNamespace(const NamespaceSpec&) {
+  return Status::NotSupported("not supported yet: namespaces without engine memory");
+}
+Result<SaveLease> Store::ReserveSave(NamespaceHandle, std::span<const int32_t>, std::span<const ExtraKey>) {
+  return Status::NotSupported("not supported yet: save leases");
+}
+Result<uint32_t> Store::CommitSave(uint64_t, uint32_t) { return Status::NotSupported("not supported yet: save leases"); }
+Status Store::AbortSave(uint64_t) { return Status::NotSupported("not supported yet: save leases"); }
+Result<LoadLease> Store::AcquireLoad(NamespaceHandle, std::span<const int32_t>, std::span<const ExtraKey>) {
+  return Status::NotSupported("not supported yet: load leases");
+}
+Status Store::ReleaseLoad(uint64_t) { return Status::NotSupported("not supported yet: load leases"); }
+Result<SharedRegion> Store::SharedHostRegion() const {
+  return Status::NotSupported("not supported yet: shared host region");
+}
+Result<uint64_t> Store::Flush() { return Status::NotSupported("not supported yet: flush"); }
+Result<std::vector<NamespaceInfo>> Store::ListNamespaces() const {
+  return Status::NotSupported("not supported yet: list namespaces");
+}
+Result<std::unique_ptr<Store>> Store::Connect(const DaemonClientConfig&) {
+  return Status::NotSupported("not supported yet: kvtierd client");
+}
+
 }  // namespace kvtier

@@ -59,6 +59,8 @@ extern "C" {
 #define KVT_E_CLOSED (-10) /* the store was closed */
 #define KVT_E_NO_MEMORY (-11)
 #define KVT_E_INTERNAL (-12)
+#define KVT_E_UNAVAILABLE (-13) /* kvtierd is not reachable now (the client reconnects by itself) */
+#define KVT_E_PERMISSION_DENIED (-14) /* the tenant's credentials do not allow it */
 
 /* A short name for a status ("ok", "in progress", "invalid argument", ...). */
 KVT_API const char* kvt_status_name(int status);

@@ -37,6 +37,8 @@ class [[nodiscard]] Status {
     kClosed = 10,          // the store or handle was closed
     kNoMemory = 11,        // allocation failed
     kInternal = 12,        // a broken invariant: a bug in kvtier
+    kUnavailable = 13,     // a service (kvtierd) is not reachable now; retry later
+    kPermissionDenied = 14,  // the caller's credentials do not allow it (tenants)
   };
 
   Status() noexcept = default;
@@ -61,6 +63,8 @@ class [[nodiscard]] Status {
   static Status Closed(std::string_view msg) { return Status(Code::kClosed, msg); }
   static Status NoMemory(std::string_view msg) { return Status(Code::kNoMemory, msg, true); }
   static Status Internal(std::string_view msg) { return Status(Code::kInternal, msg); }
+  static Status Unavailable(std::string_view msg) { return Status(Code::kUnavailable, msg); }
+  static Status PermissionDenied(std::string_view msg) { return Status(Code::kPermissionDenied, msg); }
 
   bool ok() const noexcept { return rep_ == nullptr; }
   Code code() const noexcept { return rep_ ? rep_->code : Code::kOk; }

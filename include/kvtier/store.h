@@ -135,6 +135,10 @@ struct StoreConfig {
   PlannerConfig planner;
   AdmissionConfig admission;
   uint32_t max_prefetches = 4;   // prefetches running at once; a lookup beyond that starts none
+  // The host region is a memfd (SharedHostRegion) that other processes map: kvtierd's
+  // clients copy between their engine memory and it (leases, below). Huge pages then come
+  // from hugetlbfs only (kAuto: when reserved), as shared memory gets no transparent ones.
+  bool shared_host_region = false;
   GpuConfig gpu;
   Env* env = nullptr;  // file system for the NVMe tier (tests inject faults); default POSIX
 };
@@ -249,6 +253,56 @@ struct StoreStats {
   uint64_t hbm_evictions = 0;
 };
 
+// ---- Leases: copies that another process does ------------------------------------------
+// kvtierd's clients hold their engine memory in their own process, so they copy between
+// their blocks and host slots in the shared host region themselves, and the Store does the
+// rest. A lease pins what it names until it is committed, aborted or released.
+
+struct SaveLease {
+  uint64_t id = 0;               // 0: nothing to write (every chunk was cached, or none fit)
+  uint32_t total_chunks = 0;     // whole chunks in the request
+  uint32_t cached_chunks = 0;    // leading chunks already cached: nothing to write for them
+  uint64_t payload_bytes = 0;    // per chunk
+  // Chunks [cached_chunks, cached_chunks + size()): where each payload goes, as offsets in
+  // the host region. Fewer than total - cached when the host tier could not make room.
+  std::vector<uint64_t> payload_offsets;
+};
+
+struct LoadLease {
+  uint64_t id = 0;               // 0: nothing to read
+  uint32_t total_chunks = 0;
+  uint64_t payload_bytes = 0;
+  // The leading chunks that are cached, in order: where each payload is in the host region
+  // (read only; valid until ReleaseLoad).
+  std::vector<uint64_t> payload_offsets;
+  Status status;                 // why fewer than total_chunks (NotFound: recompute from...)
+};
+
+struct SharedRegion {
+  int fd = -1;         // memfd; owned by the Store (dup it to keep it)
+  uint64_t bytes = 0;
+};
+
+struct NamespaceInfo {
+  NamespaceSpec spec;
+  uint64_t chunks = 0;        // in the index
+  uint64_t host_chunks = 0;   // resident per tier (a chunk may be in several)
+  uint64_t nvme_chunks = 0;
+  uint64_t redis_chunks = 0;
+  uint32_t registrations = 0;
+};
+
+// How a client reaches kvtierd (Store::Connect).
+struct DaemonClientConfig {
+  std::string address;      // "unix:/run/kvtier/kvtierd.sock" or a socket path
+  std::string tenant;       // empty: the daemon's default tenant, when it has one
+  std::string token;        // the tenant's credential
+  uint32_t connections = 4; // requests in flight at once
+  uint32_t worker_threads = 2;  // client threads that copy for saves and loads
+  std::chrono::milliseconds timeout{5000};  // per request; a dead daemon fails calls fast
+};
+
+class DaemonClient;
 class TicketState;
 
 // The handle of a save or load. Move-only. Destroying or Release()-ing a ticket that
@@ -303,6 +357,11 @@ class Ticket {
 class Store {
  public:
   static Result<std::unique_ptr<Store>> Open(const StoreConfig& config);
+  // A Store whose cache is kvtierd's: the same API, every call a request to the daemon;
+  // saves and loads copy through the daemon's shared host region in this process. When
+  // the daemon goes away calls fail fast (Unavailable) and the client reconnects, and
+  // re-registers its namespaces, once it is back.
+  static Result<std::unique_ptr<Store>> Connect(const DaemonClientConfig& config);
   ~Store();  // Close()
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
@@ -340,12 +399,38 @@ class Store {
                       std::span<const ExtraKey> extra_keys = {}, const CopyOptions& options = {});
 
   StoreStats Stats() const;
+  // Every namespace the Store knows (registered, or recovered from NVMe), with chunk
+  // counts per tier.
+  Result<std::vector<NamespaceInfo>> ListNamespaces() const;
+
+  // ---- leases (see SaveLease); embedded Stores only ----
+  // A namespace without engine memory in this process: for leases and lookups only.
+  Result<NamespaceHandle> RegisterNamespace(const NamespaceSpec& spec);
+  // Reserves host slots for the chunks of tokens that are not cached yet.
+  Result<SaveLease> ReserveSave(NamespaceHandle ns, std::span<const int32_t> tokens,
+                                std::span<const ExtraKey> extra_keys = {});
+  // The first `written` reserved chunks hold their payloads: check, publish and index them
+  // (and write them through, as a save would); the rest are freed. Returns the leading
+  // chunks of the request now stored (cached ones included).
+  Result<uint32_t> CommitSave(uint64_t lease, uint32_t written);
+  Status AbortSave(uint64_t lease);
+  // Brings the cached leading chunks of tokens into host (from NVMe or Redis) and pins them.
+  Result<LoadLease> AcquireLoad(NamespaceHandle ns, std::span<const int32_t> tokens,
+                                std::span<const ExtraKey> extra_keys = {});
+  Status ReleaseLoad(uint64_t lease);
+  // The host region as a memfd other processes can map (config.shared_host_region).
+  Result<SharedRegion> SharedHostRegion() const;
+  // Writes every chunk that only host holds down to NVMe (write-back before a shutdown).
+  // Returns how many it wrote. NotSupported without an NVMe tier.
+  Result<uint64_t> Flush();
 
   struct Impl;
 
  private:
   explicit Store(std::unique_ptr<Impl> impl);
+  explicit Store(std::shared_ptr<DaemonClient> remote);
   std::shared_ptr<Impl> impl_;
+  std::shared_ptr<DaemonClient> remote_;  // set by Connect: every call goes to the daemon
 };
 
 }  // namespace kvtier
