@@ -53,7 +53,7 @@ struct NamespaceState {
 
 struct Registration {
   std::shared_ptr<NamespaceState> ns;
-  Mover mover;
+  std::optional<Mover> mover;      // the engine's memory; none for lease-only registrations
   std::shared_ptr<GpuCopier> gpu;  // engine memory on a GPU: copies run there; null otherwise
 };
 
@@ -248,6 +248,12 @@ struct Store::Impl {
                const std::vector<int32_t>& tokens, void* wait_event, TicketState& t);
   void RunLoad(Registration& r, const std::vector<ChunkKey>& keys, size_t matched, const std::vector<int32_t>& blocks,
                void* wait_event, TicketState& t);
+  // A save once its cached prefix [0, matched) is pinned: fills (CPU gather) or takes
+  // (`given`: payloads filled by the GPU or a lease's client, for chunks [matched, ...))
+  // slots, then checks, publishes, indexes and writes through; finishes `t`.
+  void SaveChunks(Registration& r, const std::vector<ChunkKey>& keys, const std::vector<int32_t>& blocks,
+                  const std::vector<int32_t>& tokens, size_t matched, std::vector<SlotId>* given, Status given_st,
+                  TicketState& t);
   // GPU saves: fresh slots for chunks [from, keys.size()), gathered from the GPU in one
   // launch (HBM copies too). Fewer when the host is full; *st says why.
   std::vector<SlotId> GatherFromGpu(Registration& r, const std::vector<ChunkKey>& keys, size_t from,
@@ -268,6 +274,22 @@ struct Store::Impl {
   std::vector<SlotId> BringUp(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t matched,
                               const std::function<bool()>& stop, BringUpResult* out, size_t first = 0);
   void SettleBringUp(NamespaceState& ns, const BringUpResult& b);
+  // A lease (kvtier/store.h): what it pins and holds until it ends.
+  struct Lease {
+    bool save = false;
+    std::shared_ptr<Registration> reg;
+    std::vector<ChunkKey> keys;
+    std::vector<int32_t> tokens;  // saves: the whole chunks' tokens
+    size_t matched = 0;           // leading chunks pinned in the index
+    std::vector<SlotId> slots;    // saves: reserved for chunks [matched, ...); loads: chunks [0, ...)
+    BringUpResult bring_up;       // loads
+  };
+  std::mutex lease_mu;
+  std::unordered_map<uint64_t, std::shared_ptr<Lease>> leases;  // guarded by lease_mu
+  uint64_t next_lease = 1;                                      // guarded by lease_mu
+  uint64_t AddLease(std::shared_ptr<Lease> lease);
+  Result<std::shared_ptr<Lease>> TakeLease(uint64_t id, bool save);
+  void EndLease(Lease& lease);  // unpins and frees what a lease still holds
   // In-flight promotions: a chunk being read into host is claimed; others wait for it.
   bool Claim(const ChunkKey& key);
   void Release(std::span<const ChunkKey> keys);
@@ -324,14 +346,14 @@ Status Store::Impl::PrepareRequest(const Registration& r, std::span<const int32_
   const uint32_t chunk_tokens = r.ns->spec.shape.chunk_tokens;
   const uint64_t chunks = tokens.size() / chunk_tokens;
   if (need_blocks) {
-    const uint64_t need = chunks * r.mover.blocks_per_chunk();
+    const uint64_t need = chunks * r.mover->blocks_per_chunk();
     if (block_ids.size() < need)
       return Status::InvalidArgument(
           "token count mismatch: " + std::to_string(tokens.size()) + " tokens make " + std::to_string(chunks) +
           " whole chunks of " + std::to_string(chunk_tokens) + " tokens, which need " + std::to_string(need) +
-          " block ids of " + std::to_string(r.mover.geometry().block_tokens) + " tokens; got " +
+          " block ids of " + std::to_string(r.mover->geometry().block_tokens) + " tokens; got " +
           std::to_string(block_ids.size()));
-    const int64_t num_blocks = r.mover.geometry().num_blocks;
+    const int64_t num_blocks = r.mover->geometry().num_blocks;
     for (uint64_t i = 0; i < need; ++i) {
       if (block_ids[i] < 0 || block_ids[i] >= num_blocks)
         return Status::InvalidArgument("block id " + std::to_string(block_ids[i]) + " at position " +
@@ -907,7 +929,6 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
                           const std::vector<int32_t>& tokens, void* wait_event, TicketState& t) {
   NamespaceState& ns = *r.ns;
   const uint32_t total = static_cast<uint32_t>(keys.size());
-  const uint32_t bpc = r.mover.blocks_per_chunk();
   const uint64_t tokens_saved = uint64_t{total} * ns.spec.shape.chunk_tokens;
   if (tokens_saved < config.admission.min_tokens) {
     Add(n.admission_rejected, total);
@@ -923,12 +944,25 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
   mo.tiers = TierBit(TierId::kHost);
   mo.pin = true;
   const size_t matched = ns.index.Match(keys, mo);
+  // GPU engine memory: the chunks not cached yet come over in one launch first.
+  Status gathered_st;
+  std::vector<SlotId> gathered;
+  if (r.gpu && matched < total) gathered = GatherFromGpu(r, keys, matched, blocks, tokens, wait_event, &gathered_st);
+  SaveChunks(r, keys, blocks, tokens, matched, r.gpu ? &gathered : nullptr, std::move(gathered_st), t);
+}
+
+void Store::Impl::SaveChunks(Registration& r, const std::vector<ChunkKey>& keys, const std::vector<int32_t>& blocks,
+                             const std::vector<int32_t>& tokens, size_t matched, std::vector<SlotId>* given,
+                             Status given_st, TicketState& t) {
+  NamespaceState& ns = *r.ns;
+  const uint32_t total = static_cast<uint32_t>(keys.size());
   std::vector<ChunkKey> pinned(keys.begin(), keys.begin() + static_cast<ptrdiff_t>(matched));
+  const uint32_t bpc = r.mover ? r.mover->blocks_per_chunk() : 0;
   Add(n.save_dedup_chunks, matched);
   const bool write_through = nvme && config.nvme.policy == WritePolicy::kWriteThrough;
   uint32_t done = static_cast<uint32_t>(matched);
   if (!write_through) t.set_chunks_done(done);
-  Status st;
+  Status st = std::move(given_st);
   // Write-through: chunks go to NVMe while later ones are gathered (cached ones too, if
   // NVMe does not hold them yet); the save is acknowledged once they are durable.
   std::optional<WritePipe> pipe;
@@ -940,21 +974,19 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
     std::lock_guard<std::mutex> l(placement_mu);
     for (size_t i = 0; i < matched && nvme_ok; ++i) nvme_ok = HandToNvme(*pipe, ns, keys, i, &kept_in_host, &nvme_st);
   }
-  // GPU engine memory: the chunks not cached yet come over in one launch first.
+  // Slots whose payloads someone else filled (GPU gathers, leases): chunks [matched, ...).
   const uint32_t first_fresh = done;
-  std::vector<SlotId> gpu_slots;
-  uint32_t gpu_taken = done;  // gpu_slots of chunks before this one are consumed
-  if (r.gpu && done < total) gpu_slots = GatherFromGpu(r, keys, done, blocks, tokens, wait_event, &st);
+  uint32_t given_taken = done;  // given slots of chunks before this one are consumed
   for (uint32_t i = done; i < total; ++i) {
     if (t.cancel_requested()) {
       st = Status::Cancelled("save cancelled after " + std::to_string(i) + " of " + std::to_string(total) + " chunks");
       break;
     }
     Result<SlotId> slot = SlotId{};
-    if (r.gpu) {
-      if (i - first_fresh >= gpu_slots.size()) break;  // st says why
-      slot = gpu_slots[i - first_fresh];
-      gpu_taken = i + 1;
+    if (given != nullptr) {
+      if (i - first_fresh >= given->size()) break;  // st says why, if anything
+      slot = (*given)[i - first_fresh];
+      given_taken = i + 1;
     } else {
       slot = AllocateSlot(ns.payload_bytes);
     }
@@ -964,11 +996,11 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
     }
     uint8_t* addr = host->SlotAddress(*slot);
     const uint32_t ct = ns.spec.shape.chunk_tokens;
-    if (!r.gpu && ct <= kMaxPageTokens)  // the tokens travel with the chunk to lower tiers' metadata
+    if (given == nullptr && ct <= kMaxPageTokens)  // the tokens travel with the chunk to lower tiers' metadata
       std::memcpy(addr + kChunkTokensOffset, tokens.data() + uint64_t{i} * ct, uint64_t{ct} * sizeof(int32_t));
-    Status g = r.gpu ? Status::OK()
-                     : r.mover.Gather(std::span<const int32_t>(blocks).subspan(uint64_t{i} * bpc, bpc),
-                                      addr + kChunkPayloadOffset, ns.payload_bytes);
+    Status g = given != nullptr ? Status::OK()
+                                : r.mover->Gather(std::span<const int32_t>(blocks).subspan(uint64_t{i} * bpc, bpc),
+                                                  addr + kChunkPayloadOffset, ns.payload_bytes);
     if (!g.ok()) {
       host->Free(*slot);
       st = g;
@@ -1005,7 +1037,8 @@ void Store::Impl::RunSave(Registration& r, const std::vector<ChunkKey>& keys, co
     if (!write_through) t.set_chunks_done(done + 1);
     ++done;
   }
-  for (size_t j = gpu_taken - first_fresh; j < gpu_slots.size(); ++j) host->Free(gpu_slots[j]);  // not reached
+  if (given != nullptr)  // not reached: freed
+    for (size_t j = given_taken - first_fresh; j < given->size(); ++j) host->Free((*given)[j]);
   const uint32_t in_host = done;
   if (write_through) {
     // Acknowledged only once durable: chunks_done counts leading chunks on NVMe.
@@ -1151,7 +1184,7 @@ void Store::Impl::RunLoad(Registration& r, const std::vector<ChunkKey>& keys, si
                           const std::vector<int32_t>& blocks, void* wait_event, TicketState& t) {
   NamespaceState& ns = *r.ns;
   const uint32_t total = static_cast<uint32_t>(keys.size());
-  const uint32_t bpc = r.mover.blocks_per_chunk();
+  const uint32_t bpc = r.mover->blocks_per_chunk();
   // GPU loads: the leading chunks the HBM tier holds need no host slot.
   HbmTier* hbm = r.gpu && gpu ? gpu->hbm() : nullptr;
   std::vector<const uint8_t*> payloads;  // GPU loads: each chunk's source
@@ -1194,7 +1227,7 @@ void Store::Impl::RunLoad(Registration& r, const std::vector<ChunkKey>& keys, si
   }
   for (uint32_t l = 0; !r.gpu && l < ns.spec.shape.num_layers && done > 0; ++l) {
     for (uint32_t i = 0; i < done; ++i) {
-      Status s = r.mover.Scatter(std::span<const int32_t>(blocks).subspan(uint64_t{i} * bpc, bpc),
+      Status s = r.mover->Scatter(std::span<const int32_t>(blocks).subspan(uint64_t{i} * bpc, bpc),
                                  host->SlotAddress(slots[i]) + kChunkPayloadOffset, ns.payload_bytes, l, 1);
       if (!s.ok()) {  // the request was validated: this is a bug, and nothing counts as loaded
         st = s.WithContext("load: ");
@@ -1224,7 +1257,7 @@ std::vector<SlotId> Store::Impl::GatherFromGpu(Registration& r, const std::vecto
   std::vector<SlotId> slots;
   AllocateSlots(ns, keys.size() - from, &slots, st);
   if (slots.empty()) return slots;
-  const uint32_t bpc = r.mover.blocks_per_chunk();
+  const uint32_t bpc = r.mover->blocks_per_chunk();
   const uint32_t ct = ns.spec.shape.chunk_tokens;
   HbmTier* hbm = gpu->hbm();
   std::vector<uint8_t*> payloads(slots.size()), hbm_dst(slots.size(), nullptr);
@@ -1268,7 +1301,7 @@ Status Store::Impl::ScatterToGpu(Registration& r, const std::vector<ChunkKey>& k
     for (uint32_t i = 0; i < n_chunks; ++i)
       if (!hbm_src[i]) fill[i] = hbm->Reserve(keys[i], ns.payload_bytes).value_or(nullptr);
   Status st = r.gpu->Scatter(
-      std::span<const int32_t>(blocks).first(uint64_t{n_chunks} * r.mover.blocks_per_chunk()), payloads, fill,
+      std::span<const int32_t>(blocks).first(uint64_t{n_chunks} * r.mover->blocks_per_chunk()), payloads, fill,
       wait_event, [&t, n_chunks](GpuEvents events) { t.set_gpu_enqueued(std::move(events), n_chunks); },
       [&t, n_chunks](uint32_t l) { t.set_layers_ready(l + 1, n_chunks); });
   for (uint32_t i = 0; i < n_chunks; ++i) {
@@ -1319,6 +1352,7 @@ Result<std::unique_ptr<Store>> Store::Open(const StoreConfig& config) {
   ho.capacity_bytes = config.host_capacity_bytes;
   ho.huge_pages = config.huge_pages;
   ho.prefault = config.prefault;
+  ho.shared = config.shared_host_region;
   Result<std::unique_ptr<HostTier>> host = HostTier::Create(ho);
   if (!host.ok()) return host.status();
   impl->host = std::move(*host);
@@ -1389,6 +1423,14 @@ Status Store::Close() {
   for (Job& j : pending) j(/*abort=*/true);
   for (std::thread& w : s.workers) w.join();
   s.workers.clear();
+  {
+    std::unordered_map<uint64_t, std::shared_ptr<Impl::Lease>> left;
+    {
+      std::lock_guard<std::mutex> l(s.lease_mu);
+      left.swap(s.leases);
+    }
+    for (auto& [id, lease] : left) s.EndLease(*lease);
+  }
   s.io_pool.reset();
   s.nvme.reset();
   s.redis.reset();
@@ -1621,11 +1663,14 @@ Result<std::shared_ptr<Store::Impl::CopyRequest>> Store::Impl::MakeCopyRequest(
     std::span<const ExtraKey> extra_keys, bool keep_tokens) {
   Result<std::shared_ptr<Registration>> r = Find(h);
   if (!r.ok()) return r.status();
+  if (!(*r)->mover)
+    return Status::InvalidArgument("namespace handle " + std::to_string(h.id) +
+                                   " was registered without engine memory: it serves lookups and leases only");
   auto req = std::make_shared<CopyRequest>();
   req->reg = std::move(*r);
   KVTIER_RETURN_IF_ERROR(PrepareRequest(*req->reg, tokens, block_ids, extra_keys, true, &req->keys));
   const uint64_t chunks = req->keys.size();
-  req->blocks.assign(block_ids.begin(), block_ids.begin() + chunks * req->reg->mover.blocks_per_chunk());
+  req->blocks.assign(block_ids.begin(), block_ids.begin() + chunks * req->reg->mover->blocks_per_chunk());
   if (keep_tokens) req->tokens.assign(tokens.begin(), tokens.begin() + chunks * req->reg->ns->spec.shape.chunk_tokens);
   return req;
 }
@@ -1774,27 +1819,250 @@ StoreStats Store::Stats() const {
   return o;
 }
 
-// ---- leases (stubs until implemented) ----------------------------------------------------
+// ---- leases --------------------------------------------------------------------------------
 
-Result<NamespaceHandle> Store::RegisterNamespace(const NamespaceSpec&) {
-  return Status::NotSupported("not supported yet: namespaces without engine memory");
+uint64_t Store::Impl::AddLease(std::shared_ptr<Lease> lease) {
+  std::lock_guard<std::mutex> l(lease_mu);
+  const uint64_t id = next_lease++;
+  leases.emplace(id, std::move(lease));
+  return id;
 }
-Result<SaveLease> Store::ReserveSave(NamespaceHandle, std::span<const int32_t>, std::span<const ExtraKey>) {
-  return Status::NotSupported("not supported yet: save leases");
+
+Result<std::shared_ptr<Store::Impl::Lease>> Store::Impl::TakeLease(uint64_t id, bool save) {
+  std::lock_guard<std::mutex> l(lease_mu);
+  auto it = leases.find(id);
+  if (it == leases.end() || it->second->save != save)
+    return Status::NotFound(std::string(save ? "save" : "load") + " lease " + std::to_string(id) +
+                            " is unknown or already ended");
+  std::shared_ptr<Lease> lease = std::move(it->second);
+  leases.erase(it);
+  return lease;
 }
-Result<uint32_t> Store::CommitSave(uint64_t, uint32_t) { return Status::NotSupported("not supported yet: save leases"); }
-Status Store::AbortSave(uint64_t) { return Status::NotSupported("not supported yet: save leases"); }
-Result<LoadLease> Store::AcquireLoad(NamespaceHandle, std::span<const int32_t>, std::span<const ExtraKey>) {
-  return Status::NotSupported("not supported yet: load leases");
+
+void Store::Impl::EndLease(Lease& lease) {
+  NamespaceState& ns = *lease.reg->ns;
+  if (lease.save) {
+    for (const SlotId& slot : lease.slots) host->Free(slot);
+  }
+  lease.slots.clear();
+  ns.index.Unpin(std::span<const ChunkKey>(lease.keys.data(), lease.matched));
+  lease.matched = 0;
+  if (!lease.save) SettleBringUp(ns, lease.bring_up);
 }
-Status Store::ReleaseLoad(uint64_t) { return Status::NotSupported("not supported yet: load leases"); }
+
+Result<NamespaceHandle> Store::RegisterNamespace(const NamespaceSpec& spec) {
+  if (remote_) return Status::NotSupported("namespaces without engine memory are for embedded stores (kvtierd)");
+  Impl& s = *impl_;
+  KVTIER_OPEN_GUARD(s);
+  KVTIER_RETURN_IF_ERROR(ValidateNamespaceSpec(spec));
+  const NamespaceId id = ComputeNamespaceId(spec);
+  std::unique_lock<std::shared_mutex> l(s.reg_mu);
+  std::shared_ptr<NamespaceState>& ns = s.namespaces[id];
+  if (!ns) {
+    Status fits = s.host->CheckFits(ChunkPayloadBytes(spec.shape));
+    if (fits.ok() && s.nvme) fits = s.nvme->PutNamespace(id, EncodeNamespaceSpec(spec));
+    if (!fits.ok()) {
+      s.namespaces.erase(id);
+      return fits;
+    }
+    ns = std::make_shared<NamespaceState>(spec, id, &s.clock);
+  }
+  const uint32_t h = s.next_handle++;
+  s.registrations.emplace(h, std::make_shared<Registration>(Registration{ns, std::nullopt, nullptr}));
+  return NamespaceHandle{h};
+}
+
+Result<SaveLease> Store::ReserveSave(NamespaceHandle h, std::span<const int32_t> tokens,
+                                     std::span<const ExtraKey> extra_keys) {
+  if (remote_) return Status::NotSupported("save leases are for embedded stores (kvtierd)");
+  Impl& s = *impl_;
+  KVTIER_OPEN_GUARD(s);
+  auto lease = std::make_shared<Impl::Lease>();
+  lease->save = true;
+  KVTIER_RETURN_IF_ERROR(s.ResolveKeys(h, tokens, extra_keys, &lease->reg, &lease->keys));
+  NamespaceState& ns = *lease->reg->ns;
+  SaveLease out;
+  out.total_chunks = static_cast<uint32_t>(lease->keys.size());
+  out.payload_bytes = ns.payload_bytes;
+  Add(s.n.saves, 1);
+  const uint64_t tokens_saved = uint64_t{out.total_chunks} * ns.spec.shape.chunk_tokens;
+  if (tokens_saved < s.config.admission.min_tokens) {
+    Add(s.n.admission_rejected, out.total_chunks);
+    Add(s.n.save_failed_chunks, out.total_chunks);
+    return out;  // nothing to write; the save stores nothing
+  }
+  lease->tokens.assign(tokens.begin(), tokens.begin() + uint64_t{out.total_chunks} * ns.spec.shape.chunk_tokens);
+  MatchOptions mo;
+  mo.tiers = TierBit(TierId::kHost);
+  mo.pin = true;
+  lease->matched = ns.index.Match(lease->keys, mo);
+  out.cached_chunks = static_cast<uint32_t>(lease->matched);
+  Status st;
+  if (lease->matched < lease->keys.size()) s.AllocateSlots(ns, lease->keys.size() - lease->matched, &lease->slots, &st);
+  const uint32_t ct = ns.spec.shape.chunk_tokens;
+  for (size_t j = 0; j < lease->slots.size(); ++j) {
+    uint8_t* addr = s.host->SlotAddress(lease->slots[j]);
+    if (ct <= kMaxPageTokens)  // the tokens travel with the chunk to lower tiers' metadata
+      std::memcpy(addr + kChunkTokensOffset, lease->tokens.data() + (lease->matched + j) * ct,
+                  uint64_t{ct} * sizeof(int32_t));
+    out.payload_offsets.push_back(lease->slots[j].offset + kChunkPayloadOffset);
+  }
+  if (lease->slots.empty() && lease->matched < lease->keys.size() && lease->matched == 0) {
+    s.EndLease(*lease);
+    Add(s.n.save_failed_chunks, out.total_chunks);
+    return st.ok() ? Status::NoSpace("save lease: no host slot could be reserved") : st.WithContext("save lease: ");
+  }
+  out.id = s.AddLease(std::move(lease));
+  return out;
+}
+
+Result<uint32_t> Store::CommitSave(uint64_t id, uint32_t written) {
+  if (remote_) return Status::NotSupported("save leases are for embedded stores (kvtierd)");
+  Impl& s = *impl_;
+  KVTIER_OPEN_GUARD(s);
+  Result<std::shared_ptr<Impl::Lease>> lease = s.TakeLease(id, true);
+  if (!lease.ok()) return lease.status();
+  Impl::Lease& l = **lease;
+  if (written > l.slots.size()) {
+    const size_t reserved = l.slots.size();
+    s.EndLease(l);
+    return Status::InvalidArgument("save lease " + std::to_string(id) + ": " + std::to_string(written) +
+                                   " chunks written, but " + std::to_string(reserved) + " were reserved");
+  }
+  for (size_t j = written; j < l.slots.size(); ++j) s.host->Free(l.slots[j]);
+  l.slots.resize(written);
+  TicketState t(static_cast<uint32_t>(l.keys.size()));
+  const size_t unwritten = l.keys.size() - l.matched - written;
+  Status short_st = unwritten == 0 ? Status::OK()
+                                   : Status::Cancelled(std::to_string(unwritten) + " chunks were not written");
+  // SaveChunks takes over the pins and the slots.
+  s.SaveChunks(*l.reg, l.keys, {}, l.tokens, l.matched, &l.slots, std::move(short_st), t);
+  l.slots.clear();
+  l.matched = 0;
+  Status st = t.status();
+  if (!st.ok())
+    return st.WithContext("save lease: " + std::to_string(t.chunks_done()) + " of " +
+                          std::to_string(l.keys.size()) + " chunks stored: ");
+  return t.chunks_done();
+}
+
+Status Store::AbortSave(uint64_t id) {
+  if (remote_) return Status::NotSupported("save leases are for embedded stores (kvtierd)");
+  Impl& s = *impl_;
+  KVTIER_OPEN_GUARD(s);
+  Result<std::shared_ptr<Impl::Lease>> lease = s.TakeLease(id, true);
+  if (!lease.ok()) return lease.status();
+  Add(s.n.save_failed_chunks, (*lease)->keys.size() - (*lease)->matched);
+  s.EndLease(**lease);
+  return Status::OK();
+}
+
+Result<LoadLease> Store::AcquireLoad(NamespaceHandle h, std::span<const int32_t> tokens,
+                                     std::span<const ExtraKey> extra_keys) {
+  if (remote_) return Status::NotSupported("load leases are for embedded stores (kvtierd)");
+  Impl& s = *impl_;
+  KVTIER_OPEN_GUARD(s);
+  auto lease = std::make_shared<Impl::Lease>();
+  KVTIER_RETURN_IF_ERROR(s.ResolveKeys(h, tokens, extra_keys, &lease->reg, &lease->keys));
+  NamespaceState& ns = *lease->reg->ns;
+  LoadLease out;
+  out.total_chunks = static_cast<uint32_t>(lease->keys.size());
+  out.payload_bytes = ns.payload_bytes;
+  Add(s.n.loads, 1);
+  MatchOptions mo;
+  mo.tiers = TierBit(TierId::kHost) | (s.nvme ? TierBit(TierId::kNvme) : 0) | (s.redis ? TierBit(TierId::kRedis) : 0);
+  mo.pin = true;
+  lease->matched = ns.index.Match(lease->keys, mo);
+  lease->slots = s.BringUp(ns, lease->keys, lease->matched, [] { return false; }, &lease->bring_up);
+  const uint32_t got = static_cast<uint32_t>(lease->slots.size());
+  for (const SlotId& slot : lease->slots) out.payload_offsets.push_back(slot.offset + kChunkPayloadOffset);
+  Add(s.n.loaded_chunks, got);
+  Add(s.n.bytes_loaded, uint64_t{got} * ns.payload_bytes);
+  Add(s.n.load_failed_chunks, out.total_chunks - got);
+  if (!lease->bring_up.status.ok()) {
+    out.status = lease->bring_up.status.WithContext("load lease: ");
+  } else if (got < out.total_chunks) {
+    out.status = Status::NotFound("load: chunk " + std::to_string(got) + " of " + std::to_string(out.total_chunks) +
+                                  " is not cached; recompute from token " +
+                                  std::to_string(uint64_t{got} * ns.spec.shape.chunk_tokens));
+  }
+  if (got == 0) {
+    s.EndLease(*lease);
+    return out;
+  }
+  out.id = s.AddLease(std::move(lease));
+  return out;
+}
+
+Status Store::ReleaseLoad(uint64_t id) {
+  if (remote_) return Status::NotSupported("load leases are for embedded stores (kvtierd)");
+  Impl& s = *impl_;
+  KVTIER_OPEN_GUARD(s);
+  Result<std::shared_ptr<Impl::Lease>> lease = s.TakeLease(id, false);
+  if (!lease.ok()) return lease.status();
+  s.EndLease(**lease);
+  return Status::OK();
+}
+
 Result<SharedRegion> Store::SharedHostRegion() const {
-  return Status::NotSupported("not supported yet: shared host region");
+  if (remote_) return Status::NotSupported("the shared host region belongs to the daemon's embedded store");
+  const Impl& s = *impl_;
+  KVTIER_OPEN_GUARD(s);
+  if (s.host->shared_fd() < 0)
+    return Status::NotSupported("the host region is not shared: open the store with shared_host_region = true");
+  return SharedRegion{s.host->shared_fd(), s.host->capacity_bytes()};
 }
-Result<uint64_t> Store::Flush() { return Status::NotSupported("not supported yet: flush"); }
+
+Result<uint64_t> Store::Flush() {
+  if (remote_) return Status::NotSupported("flush is the daemon's (it flushes at SIGTERM)");
+  Impl& s = *impl_;
+  KVTIER_OPEN_GUARD(s);
+  if (!s.nvme) return Status::NotSupported("flush: the store has no NVMe tier");
+  if (s.config.nvme.policy == WritePolicy::kNone) return uint64_t{0};
+  std::vector<std::shared_ptr<NamespaceState>> all;
+  {
+    std::shared_lock<std::shared_mutex> l(s.reg_mu);
+    for (auto& [id, ns] : s.namespaces) all.push_back(ns);
+  }
+  const uint64_t before = s.n.demotions.load(std::memory_order_relaxed);
+  for (const std::shared_ptr<NamespaceState>& ns : all) {
+    // Host-only chunks, parents first (an NVMe record names its parent).
+    std::vector<std::pair<std::shared_ptr<NamespaceState>, LeafCandidate>> todo;
+    ns->index.ForEach([&](const ChunkKey& key, const std::optional<ChunkKey>&, TierMask residency, uint64_t tick) {
+      if ((residency & TierBit(TierId::kHost)) && !(residency & TierBit(TierId::kNvme)))
+        todo.push_back({ns, LeafCandidate{key, tick}});
+    });
+    for (size_t i = 0; i < todo.size(); i += kDemoteBatch) {
+      std::vector<std::pair<std::shared_ptr<NamespaceState>, LeafCandidate>> batch(
+          todo.begin() + static_cast<ptrdiff_t>(i),
+          todo.begin() + static_cast<ptrdiff_t>(std::min(todo.size(), i + kDemoteBatch)));
+      std::unique_lock<std::mutex> l(s.placement_mu);
+      s.DemoteBatch(l, batch);
+    }
+  }
+  return s.n.demotions.load(std::memory_order_relaxed) - before;
+}
+
 Result<std::vector<NamespaceInfo>> Store::ListNamespaces() const {
-  return Status::NotSupported("not supported yet: list namespaces");
+  if (remote_) return Status::NotSupported("not supported yet: kvtierd client");
+  const Impl& s = *impl_;
+  KVTIER_OPEN_GUARD(s);
+  std::shared_lock<std::shared_mutex> l(s.reg_mu);
+  std::vector<NamespaceInfo> out;
+  for (const auto& [id, ns] : s.namespaces) {
+    NamespaceInfo info;
+    info.spec = ns->spec;
+    info.chunks = ns->index.size();
+    info.host_chunks = ns->index.CountResident(TierId::kHost);
+    info.nvme_chunks = ns->index.CountResident(TierId::kNvme);
+    info.redis_chunks = ns->index.CountResident(TierId::kRedis);
+    for (const auto& [h, r] : s.registrations)
+      if (r->ns == ns) ++info.registrations;
+    out.push_back(std::move(info));
+  }
+  return out;
 }
+
 Result<std::unique_ptr<Store>> Store::Connect(const DaemonClientConfig&) {
   return Status::NotSupported("not supported yet: kvtierd client");
 }

@@ -1,6 +1,7 @@
 #include "tiers/host/host_tier.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -25,7 +26,48 @@ Result<std::unique_ptr<HostTier>> HostTier::Create(const HostTierOptions& option
   t->region_bytes_ = RoundUp(options.capacity_bytes, kAlign);
   const int populate = options.prefault ? MAP_POPULATE : 0;
   void* p = MAP_FAILED;
-  if (options.huge_pages != HugePages::kOff) {
+  if (options.shared) {
+    // A memfd: hugetlbfs pages when asked for and reserved, else normal shared pages
+    // (shared memory gets no transparent huge pages by default).
+    int fd = -1;
+    if (options.huge_pages != HugePages::kOff) {
+      t->map_bytes_ = RoundUp(t->region_bytes_, kHugePage);
+      fd = memfd_create("kvtier-host", MFD_CLOEXEC | MFD_HUGETLB);
+      if (fd >= 0 && ftruncate(fd, static_cast<off_t>(t->map_bytes_)) == 0) {
+        p = mmap(nullptr, t->map_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | populate, fd, 0);
+      }
+      if (p == MAP_FAILED && fd >= 0) {
+        close(fd);
+        fd = -1;
+      }
+      if (p != MAP_FAILED) t->huge_pages_ = "hugetlb";
+      if (p == MAP_FAILED && options.huge_pages == HugePages::kRequire)
+        return Status::NoMemory("host tier: cannot map " + std::to_string(t->map_bytes_) +
+                                " bytes of shared hugetlbfs pages; reserve them (vm.nr_hugepages) or set huge_pages "
+                                "to auto");
+    }
+    if (p == MAP_FAILED) {
+      t->map_bytes_ = t->region_bytes_;
+      fd = memfd_create("kvtier-host", MFD_CLOEXEC);
+      if (fd < 0) return Status::IOError(std::string("host tier: memfd_create: ") + std::strerror(errno));
+      if (ftruncate(fd, static_cast<off_t>(t->map_bytes_)) != 0) {
+        const int e = errno;
+        close(fd);
+        return Status::NoMemory("host tier: cannot size the shared region to " + std::to_string(t->map_bytes_) +
+                                " bytes (" + std::strerror(e) + ")");
+      }
+      p = mmap(nullptr, t->map_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | populate, fd, 0);
+      if (p == MAP_FAILED) {
+        const int e = errno;
+        close(fd);
+        return Status::NoMemory("host tier: cannot map the shared region of " + std::to_string(t->map_bytes_) +
+                                " bytes (" + std::strerror(e) + "); lower host capacity");
+      }
+      t->huge_pages_ = "none";
+    }
+    t->fd_ = fd;
+  }
+  if (p == MAP_FAILED && options.huge_pages != HugePages::kOff) {
     t->map_bytes_ = RoundUp(t->region_bytes_, kHugePage);
     p = mmap(nullptr, t->map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | populate,
              -1, 0);
@@ -65,6 +107,7 @@ Result<std::unique_ptr<HostTier>> HostTier::Create(const HostTierOptions& option
 
 HostTier::~HostTier() {
   if (region_ != nullptr) munmap(region_, map_bytes_);
+  if (fd_ >= 0) close(fd_);
 }
 
 uint64_t HostTier::SlotBytes(uint64_t payload_bytes) { return kChunkPayloadOffset + RoundUp(payload_bytes, kAlign); }

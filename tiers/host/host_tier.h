@@ -14,7 +14,10 @@
 // When Allocate finds no slot, the caller (the Store's placement) evicts LRU leaves
 // from the RadixIndex and frees their slots; the tier itself knows nothing of the index.
 //
-// Ownership: the tier owns the region. A slot returned by Allocate belongs to the caller
+// A shared region (HostTierOptions::shared) is a memfd mapped MAP_SHARED: kvtierd passes it
+// to its clients, which copy into and out of slots it leases to them.
+//
+// Ownership: the tier owns the region (and its memfd). A slot returned by Allocate belongs to the caller
 // until it is Published (then the tier's key map owns it) or Freed.
 // Thread-safety: all methods are thread-safe (one mutex, held briefly). Slot bytes are
 // not guarded: callers coordinate through index pins (a pinned chunk's slot is never
@@ -40,6 +43,9 @@ struct HostTierOptions {
   uint64_t capacity_bytes = 1ull << 30;
   HugePages huge_pages = HugePages::kAuto;
   bool prefault = true;
+  // The region is a memfd other processes can map (shared_fd()); hugetlbfs pages only
+  // (MFD_HUGETLB) when huge pages are asked for and reserved.
+  bool shared = false;
 };
 
 // Names a slot: where it starts in the region and how long it is.
@@ -82,6 +88,8 @@ class HostTier {
   // "hugetlb", "transparent" or "none".
   const std::string& huge_pages() const { return huge_pages_; }
   uint8_t* region() const { return region_; }
+  // The region's memfd (shared regions), -1 otherwise. Owned by the tier.
+  int shared_fd() const { return fd_; }
 
  private:
   HostTier() = default;
@@ -90,6 +98,7 @@ class HostTier {
   uint8_t* region_ = nullptr;
   uint64_t region_bytes_ = 0;
   uint64_t map_bytes_ = 0;
+  int fd_ = -1;
   std::string huge_pages_;
 
   mutable std::mutex mu_;
