@@ -80,8 +80,9 @@ Status CheckSize(uint32_t got, size_t want, const char* what) {
 
 // kvt_store_options as it was before the Redis fields: still accepted.
 constexpr size_t kStoreOptionsV0Size = offsetof(kvt_store_options, redis_addresses);
-// ... and before the GPU fields.
+// ... and before the GPU fields, and before the daemon fields.
 constexpr size_t kStoreOptionsV1Size = offsetof(kvt_store_options, gpu_register_host);
+constexpr size_t kStoreOptionsV2Size = offsetof(kvt_store_options, daemon_address);
 
 std::vector<std::string> SplitCommas(const char* list) {
   std::vector<std::string> out;
@@ -226,6 +227,7 @@ void kvt_store_options_init(kvt_store_options* o) {
   o->gpu_register_host = static_cast<int32_t>(d.gpu.register_host);
   o->gpu_device = d.gpu.device;
   o->gpu_hbm_capacity_bytes = d.gpu.hbm_capacity_bytes;
+  o->daemon_timeout_ms = 5000;
 }
 
 void kvt_copy_options_init(kvt_copy_options* o) {
@@ -273,7 +275,8 @@ int kvt_store_open(const kvt_store_options* opts, kvt_store** out, char* err, si
     kvt_store_options full;
     kvt_store_options_init(&full);
     if (opts != nullptr) {
-      Status s = opts->struct_size == kStoreOptionsV0Size || opts->struct_size == kStoreOptionsV1Size
+      Status s = opts->struct_size == kStoreOptionsV0Size || opts->struct_size == kStoreOptionsV1Size ||
+                         opts->struct_size == kStoreOptionsV2Size
                      ? Status::OK()
                      : CheckSize(opts->struct_size, sizeof *opts, "kvt_store_options");
       if (!s.ok()) return report(s);
@@ -328,7 +331,18 @@ int kvt_store_open(const kvt_store_options* opts, kvt_store** out, char* err, si
       c.gpu.device = opts->gpu_device;
       c.gpu.hbm_capacity_bytes = opts->gpu_hbm_capacity_bytes;
     }
-    kvtier::Result<std::unique_ptr<kvtier::Store>> s = kvtier::Store::Open(c);
+    kvtier::Result<std::unique_ptr<kvtier::Store>> s = Status::Internal("unset");
+    if (opts != nullptr && opts->daemon_address != nullptr) {
+      kvtier::DaemonClientConfig dc;
+      dc.address = opts->daemon_address;
+      dc.tenant = Str(opts->daemon_tenant);
+      dc.token = Str(opts->daemon_token);
+      dc.worker_threads = opts->worker_threads == 0 ? dc.worker_threads : opts->worker_threads;
+      if (opts->daemon_timeout_ms > 0) dc.timeout = std::chrono::milliseconds(opts->daemon_timeout_ms);
+      s = kvtier::Store::Connect(dc);
+    } else {
+      s = kvtier::Store::Open(c);
+    }
     if (!s.ok()) return report(s.status());
     auto* h = new kvt_store();
     h->store = std::shared_ptr<kvtier::Store>(std::move(*s));

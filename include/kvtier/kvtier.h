@@ -141,6 +141,16 @@ typedef struct kvt_store_options {
   int32_t gpu_register_host;         /* kvt_host_registration, default AUTO */
   int32_t gpu_device;                /* CUDA device of the HBM tier and registration; default 0 */
   uint64_t gpu_hbm_capacity_bytes;   /* HBM tier: copies of hot chunks in GPU memory; 0: off */
+  /* ---- appended: daemon mode ---- */
+  /* When daemon_address is not NULL ("unix:/run/kvtier/kvtierd.sock" or a socket path),
+   * kvt_store_open connects to kvtierd instead of opening an embedded store, and every
+   * other field above is the daemon's business (its config file). The rest of the API is
+   * the same; calls fail with KVT_E_UNAVAILABLE while the daemon is unreachable (the
+   * client reconnects by itself). */
+  const char* daemon_address;
+  const char* daemon_tenant;         /* NULL: the daemon's default tenant */
+  const char* daemon_token;          /* the tenant's credential */
+  uint32_t daemon_timeout_ms;        /* per request; default 5000 */
 } kvt_store_options;
 
 /* Model identity and KV shape; strings are copied, NULL means "". */

@@ -38,6 +38,8 @@ from ._kvtier import (  # noqa: F401  (the public surface)
     Store,
     Ticket,
     TimedOutError,
+    UnavailableError,
+    PermissionDeniedError,
     __version__,
 )
 

@@ -40,12 +40,12 @@ namespace {
 
 // Exception classes by Status code; set once at import, never freed (they live as long
 // as the interpreter).
-PyObject* g_errors[13] = {};
+PyObject* g_errors[15] = {};
 PyObject* g_base_error = nullptr;
 
 [[noreturn]] void Raise(const Status& s) {
   const int code = static_cast<int>(s.code());
-  PyObject* type = code > 0 && code < 13 && g_errors[code] != nullptr ? g_errors[code] : g_base_error;
+  PyObject* type = code > 0 && code < 15 && g_errors[code] != nullptr ? g_errors[code] : g_base_error;
   PyErr_SetString(type, s.message().empty() ? Status::CodeName(s.code()) : s.message().c_str());
   throw py::error_already_set();
 }
@@ -193,6 +193,7 @@ py::dict StatsDict(const StoreStats& s) {
 
 class PyStore {
  public:
+  explicit PyStore(std::unique_ptr<Store> store) : store_(std::move(store)) {}
   explicit PyStore(const StoreConfig& config) {
     Result<std::unique_ptr<Store>> s = [&] {
       py::gil_scoped_release nogil;
@@ -418,6 +419,23 @@ std::unique_ptr<PyStore> OpenStore(uint64_t host_capacity_bytes, uint32_t worker
   return std::make_unique<PyStore>(c);
 }
 
+// Store.connect: a Store whose cache is kvtierd's.
+std::unique_ptr<PyStore> ConnectStore(const std::string& address, const std::string& tenant, const std::string& token,
+                                      uint32_t timeout_ms, uint32_t worker_threads) {
+  DaemonClientConfig c;
+  c.address = address;
+  c.tenant = tenant;
+  c.token = token;
+  c.timeout = std::chrono::milliseconds(timeout_ms);
+  c.worker_threads = worker_threads;
+  Result<std::unique_ptr<Store>> s = [&] {
+    py::gil_scoped_release nogil;
+    return Store::Connect(c);
+  }();
+  Check(s.status());
+  return std::make_unique<PyStore>(std::move(*s));
+}
+
 void DefineErrors(py::module_& m) {
   g_base_error = PyErr_NewExceptionWithDoc("kvtier._kvtier.Error", "A kvtier call failed; .args[0] is the message.",
                                            PyExc_RuntimeError, nullptr);
@@ -440,6 +458,8 @@ void DefineErrors(py::module_& m) {
       {Status::Code::kClosed, "ClosedError", nullptr},
       {Status::Code::kNoMemory, "NoMemoryError", PyExc_MemoryError},
       {Status::Code::kInternal, "InternalError", nullptr},
+      {Status::Code::kUnavailable, "UnavailableError", PyExc_ConnectionError},
+      {Status::Code::kPermissionDenied, "PermissionDeniedError", PyExc_PermissionError},
   };
   for (const Def& d : defs) {
     PyObject* bases = d.also != nullptr ? PyTuple_Pack(2, g_base_error, d.also) : PyTuple_Pack(1, g_base_error);
@@ -467,6 +487,10 @@ PYBIND11_MODULE(_kvtier, m) {
            py::arg("max_request_tokens") = uint64_t{1} << 21, py::arg("nvme_paths") = py::none(),
            py::arg("nvme_capacity_bytes") = 0, py::arg("nvme_metadata_dir") = "", py::arg("nvme_queue_depth") = 16,
            py::arg("nvme_buffered") = false, py::arg("nvme_policy") = "write_back")
+      .def_static("connect", &ConnectStore, py::arg("address"), py::arg("tenant") = "", py::arg("token") = "",
+                  py::arg("timeout_ms") = 5000, py::arg("worker_threads") = 2,
+                  "A Store whose cache is kvtierd's (address: 'unix:/path' or a socket path); the same API, bytes "
+                  "through the daemon's shared memory. UnavailableError while the daemon is unreachable.")
       .def("close", &PyStore::Close, "Cancels queued work, waits for running copies; later calls raise ClosedError.")
       .def_property_readonly("closed", &PyStore::closed)
       .def("stats", &PyStore::Stats, "Counters since open (a dict; see StoreStats in kvtier/store.h).")
