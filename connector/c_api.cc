@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/stats_fields.h"
 #include "kvtier/store.h"
 
 using kvtier::Status;
@@ -120,27 +121,11 @@ std::string StatsJson(const kvtier::StoreStats& st) {
       if (c != '"' && c != '\\' && static_cast<unsigned char>(c) >= 0x20) out += c;
     out += "\"";
   };
-#define KVT_NUM(f) num(#f, static_cast<uint64_t>(st.f))
-  KVT_NUM(lookups); KVT_NUM(lookup_hit_chunks); KVT_NUM(lookup_miss_chunks); KVT_NUM(saves);
-  KVT_NUM(saved_chunks); KVT_NUM(save_dedup_chunks); KVT_NUM(save_failed_chunks); KVT_NUM(loads);
-  KVT_NUM(loaded_chunks); KVT_NUM(load_failed_chunks); KVT_NUM(bytes_saved); KVT_NUM(bytes_loaded);
-  KVT_NUM(evictions); KVT_NUM(corrupt_chunks); KVT_NUM(host_capacity_bytes); KVT_NUM(host_used_bytes);
-  KVT_NUM(host_chunks); KVT_NUM(index_chunks); KVT_NUM(index_memory_bytes); KVT_NUM(namespaces);
-  str("huge_pages", st.huge_pages);
-  KVT_NUM(nvme_enabled); KVT_NUM(nvme_capacity_bytes); KVT_NUM(nvme_used_bytes); KVT_NUM(nvme_chunks);
-  KVT_NUM(nvme_corrupt_chunks); KVT_NUM(nvme_dropped_records); KVT_NUM(nvme_write_errors);
-  KVT_NUM(nvme_read_errors); KVT_NUM(demotions); KVT_NUM(write_throughs); KVT_NUM(promotions);
-  KVT_NUM(recovered_chunks); str("nvme_io_backend", st.nvme_io_backend);
-  KVT_NUM(admission_rejected_chunks); KVT_NUM(prefetches); KVT_NUM(prefetch_skipped);
-  KVT_NUM(prefetched_chunks); KVT_NUM(planner_skipped_chunks); KVT_NUM(pinned_chunks);
-  KVT_NUM(redis_enabled); str("redis_breaker", st.redis_breaker); KVT_NUM(redis_saved_chunks);
-  KVT_NUM(redis_dropped_saves); KVT_NUM(redis_loaded_chunks); KVT_NUM(redis_probe_hits); KVT_NUM(redis_misses);
-  KVT_NUM(redis_corrupt_chunks); KVT_NUM(redis_errors); KVT_NUM(redis_timeouts); KVT_NUM(redis_breaker_opens);
-  KVT_NUM(redis_breaker_closes); KVT_NUM(redis_skipped); KVT_NUM(redis_bytes_out); KVT_NUM(redis_bytes_in);
-  KVT_NUM(redis_used_bytes); KVT_NUM(redis_evictions);
-  KVT_NUM(gpu_host_registered); str("gpu", st.gpu);
-  KVT_NUM(gpu_saved_chunks); KVT_NUM(gpu_loaded_chunks); KVT_NUM(hbm_capacity_bytes); KVT_NUM(hbm_used_bytes);
-  KVT_NUM(hbm_chunks); KVT_NUM(hbm_hits); KVT_NUM(hbm_inserts); KVT_NUM(hbm_evictions);
+#define KVT_NUM(f) num(#f, static_cast<uint64_t>(st.f));
+#define KVT_STR(f) str(#f, st.f);
+  KVTIER_STORE_STATS_NUMBERS(KVT_NUM)
+  KVTIER_STORE_STATS_STRINGS(KVT_STR)
+#undef KVT_STR
 #undef KVT_NUM
   return out + "}";
 }
