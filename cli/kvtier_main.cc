@@ -1,11 +1,16 @@
-// kvtier: the command-line tool. Subcommands dispatch to bench/ and, as they land,
-// to the daemon client.
+// kvtier: the command-line tool. Subcommands dispatch to bench/ and to the daemon client
+// (stats, ls).
 #include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "bench/bench.h"
+
+namespace kvtier::cli {
+int RunStats(const std::vector<std::string>& argv);
+int RunLs(const std::vector<std::string>& argv);
+}  // namespace kvtier::cli
 
 namespace {
 
@@ -25,15 +30,17 @@ const char kUsage[] =
     "      --gpu-cost-per-hour D  --storage-cost-per-gb-hour-{host,nvme} D  --residency-hours 1\n"
     "      --io 1K/512,16K/512,32K/1K  --measured-prefill-json FILE  --nvme-dir DIR  --buffered\n"
     "      --plot kvtier-recompute.png | --no-plot  --no-progress  --json\n"
+    "      --engine auto|gpu|host  engine KV in GPU memory when a GPU is present (auto)\n"
     "      custom shape: --layers L --kv-heads H --head-dim D --params-b B [--q-heads Q\n"
     "                    --dtype bf16 --window W --mla --active-params-b B --name N]\n"
     "  bench tiers   save/load throughput of a tier through the real Store, next to the\n"
     "                machine limit measured in the same run (memcpy for the host tier)\n"
-    "      --tier host|nvme       tier to measure (redis is not built yet)\n"
+    "      --tier host|nvme|redis tier to measure\n"
     "      --sizes 2,8,32         chunk sizes in MiB (Llama-3-8B shape: 128 KiB per token)\n"
     "      --seconds 0.4          time per measurement\n"
     "      --reps 5               repetitions (limit, save, load interleaved; medians)\n"
     "      --host-capacity-mib 1024  --engine-mib 256  --workers 1  --depth 2\n"
+    "      --engine host|gpu|auto  where the engine's KV lives (host: limit is memcpy; gpu: cudaMemcpy)\n"
     "      --json                 one JSON object per result line\n"
     "      nvme: --nvme-dir DIR (default: a fresh dir under $TMPDIR)  --nvme-capacity-mib 4096\n"
     "            --queue-depth 16  --workers 4  --depth 4  --buffered  --no-fio  --keep\n"
@@ -56,6 +63,11 @@ const char kUsage[] =
     "      --model llama3-8b|llama3-70b|qwen3-8b|mistral-7b|deepseek-v3|tiny  --shape auto|model|tiny\n"
     "      --max-host-gib 4  --block-tokens B (default: inferred)  --gpu-tflops 400  --compare-host-only\n"
     "      --nvme-dir DIR  --buffered  --keep  --workers 2  --no-verify  --no-progress  --json\n"
+    "  stats         the counters of a running kvtierd (this tenant's store)\n"
+    "      --daemon unix:/run/kvtier/kvtierd.sock ($KVTIER_DAEMON)  --tenant T ($KVTIER_TENANT)\n"
+    "      --token X ($KVTIER_TOKEN)  --json\n"
+    "  ls            the namespaces a running kvtierd holds, with chunk counts per tier\n"
+    "      (the same flags)\n"
     "  version       print the version\n"
     "  help          this text (also --help, -h)\n";
 
@@ -75,6 +87,16 @@ int main(int argc, char** argv) {
   if (cmd == "version" || cmd == "--version") {
     std::printf("kvtier 0.1.0\n");
     return 0;
+  }
+  if (cmd == "stats" || cmd == "ls") {
+    std::vector<std::string> rest(args.begin() + 1, args.end());
+    for (const std::string& r : rest) {
+      if (r == "--help" || r == "-h") {
+        std::fputs(kUsage, stdout);
+        return 0;
+      }
+    }
+    return cmd == "stats" ? kvtier::cli::RunStats(rest) : kvtier::cli::RunLs(rest);
   }
   if (cmd == "bench") {
     if (args.size() < 2 || args[1] == "--help" || args[1] == "-h") {
