@@ -9,6 +9,15 @@
 // the same sizes, so the ratio says how close a save or load comes to one memory copy.
 // Repetitions interleave limit, save and load; medians are printed.
 //
+// --via-daemon: the same saves and loads also go through kvtierd's path — a DaemonServer
+// started in this process on a Unix socket in a temporary directory, and a client
+// (Store::Connect) that maps the host region's memfd and copies into and out of it itself,
+// with every lease a request over the socket. Embedded and daemon runs alternate in each
+// repetition over one Store (two namespaces, so neither finds the other's chunks), and
+// the daemon path is reported as a ratio to the embedded one. The server being in this
+// process changes nothing on the data path: the client's mapping and copies are those
+// of another process.
+//
 // --engine gpu: the engine's KV is in GPU memory, so saves and loads go through the GPU
 // path (copy kernels between the device blocks and the registered host slots); the
 // limits are then cudaMemcpy of the same chunk size between pinned host memory and the
@@ -19,12 +28,19 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <memory>
+#include <optional>
 #include <random>
+#include <string>
 #include <vector>
+
+#include <stdlib.h>
+#include <unistd.h>
 
 #include "bench/bench.h"
 #include "bench/workload.h"
+#include "daemon/server.h"
 #include "kvtier/store.h"
 
 #if KVTIER_WITH_CUDA
@@ -103,7 +119,7 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
   Result<Args> a = Args::Parse(argv,
                                {"tier", "sizes", "seconds", "reps", "host-capacity-mib", "engine-mib", "workers",
                                 "depth", "engine"},
-                               {"json"});
+                               {"json", "via-daemon"});
   if (!a.ok()) {
     std::fprintf(stderr, "kvtier bench tiers: %s\n", a.status().message().c_str());
     return 2;
@@ -135,6 +151,7 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
     return 2;
   }
   const bool json = a->Has("json");
+  const bool via_daemon = a->Has("via-daemon");
 
   KvShape shape;  // Llama-3-8B: 32 layers x 8 KV heads x 128 dims, bf16 = 128 KiB per token
   shape.num_layers = 32;
@@ -153,14 +170,61 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
     std::fprintf(stderr, "kvtier bench tiers: %s\n", engine_device.status().message().c_str());
     return 2;
   }
+  if (via_daemon && *engine_device >= 0) {
+    std::fprintf(stderr, "kvtier bench tiers: not supported yet: --via-daemon with --engine gpu (the daemon client "
+                 "copies host memory only)\n");
+    return 2;
+  }
   StoreConfig cfg;
   cfg.host_capacity_bytes = *host_mib * kMiB;
   cfg.worker_threads = static_cast<uint32_t>(*workers);
+  cfg.shared_host_region = via_daemon;  // the embedded runs then use the very region the daemon's clients map
   Result<std::unique_ptr<Store>> store = Store::Open(cfg);
   if (!store.ok()) {
     std::fprintf(stderr, "kvtier bench tiers: %s\n", store.status().ToString().c_str());
     return 1;
   }
+  // --via-daemon: a server on a socket in a fresh directory, and a client Store.
+  std::unique_ptr<DaemonServer> server;
+  std::unique_ptr<Store> remote;
+  std::string socket_dir;
+  if (via_daemon) {
+    char dir_template[] = "/tmp/kvtier-bench-XXXXXX";
+    if (::mkdtemp(dir_template) == nullptr) {
+      std::fprintf(stderr, "kvtier bench tiers: mkdtemp: %s\n", std::strerror(errno));
+      return 1;
+    }
+    socket_dir = dir_template;
+    std::map<std::string, DaemonTenant> tenants;
+    tenants["bench"] = DaemonTenant{"bench-token", {"*"}, store->get()};
+    server = std::make_unique<DaemonServer>(std::move(tenants));
+    Status st = server->Start(socket_dir + "/kvtierd.sock");
+    Result<std::unique_ptr<Store>> c = st.ok() ? Store::Connect(DaemonClientConfig{
+                                                     .address = "unix:" + socket_dir + "/kvtierd.sock",
+                                                     .tenant = "bench",
+                                                     .token = "bench-token",
+                                                     .connections = static_cast<uint32_t>(*depth) * 2 + 1,
+                                                     .worker_threads = static_cast<uint32_t>(*workers)})
+                                               : Result<std::unique_ptr<Store>>(st);
+    if (!c.ok()) {
+      std::fprintf(stderr, "kvtier bench tiers: daemon path: %s\n", c.status().ToString().c_str());
+      server.reset();
+      ::rmdir(socket_dir.c_str());
+      return 1;
+    }
+    remote = std::move(*c);
+  }
+  struct Cleanup {
+    std::unique_ptr<Store>* remote;
+    std::unique_ptr<DaemonServer>* server;
+    std::string dir;
+    ~Cleanup() {
+      if (*remote) (void)(*remote)->Close();
+      remote->reset();
+      if (*server) (*server)->Stop();
+      if (!dir.empty()) ::rmdir(dir.c_str());
+    }
+  } cleanup{&remote, &server, socket_dir};
   const std::string huge = (*store)->Stats().huge_pages;
   // The limit's buffers have the sizes of the engine's KV and of the host tier, so that
   // both sides of the limit's copies come from DRAM, as the Store's do.
@@ -169,11 +233,11 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
   std::memset(src.data(), 2, src.size());
   if (!json)
     std::printf("kvtier bench tiers: tier=host shape=llama3-8b (128 KiB/token, NHD layout) host=%llu MiB "
-                "engine=%llu MiB%s workers=%llu depth=%llu huge_pages=%s reps=%llu\n",
+                "engine=%llu MiB%s workers=%llu depth=%llu huge_pages=%s reps=%llu%s\n",
                 static_cast<unsigned long long>(*host_mib), static_cast<unsigned long long>(*engine_mib),
                 *engine_device >= 0 ? " (GPU memory)" : "",
                 static_cast<unsigned long long>(*workers), static_cast<unsigned long long>(*depth), huge.c_str(),
-                static_cast<unsigned long long>(*reps));
+                static_cast<unsigned long long>(*reps), via_daemon ? " via-daemon (unix socket, shared memfd)" : "");
 
   int rc = 0;
   for (double mib : *sizes) {
@@ -203,6 +267,24 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
     }
     Workload w = Workload::ForEngine(store->get(), *ns, spec.shape, engine);
     w.depth = static_cast<uint32_t>(*depth);
+    // The daemon path's workload: the same requests over its own copy of the engine's KV,
+    // in a namespace of its own (another model name), registered through the client.
+    std::optional<EngineKv> remote_engine;
+    std::optional<Workload> rw;
+    NamespaceHandle remote_ns;
+    if (remote) {
+      remote_engine = MakeHostEngine(spec.shape, block_tokens, *engine_mib * kMiB);
+      NamespaceSpec rspec = spec;
+      rspec.model.name += "/via-daemon";
+      Result<NamespaceHandle> rn = remote->RegisterNamespace(rspec, remote_engine->layout);
+      if (!rn.ok()) {
+        std::fprintf(stderr, "kvtier bench tiers: daemon path: %s\n", rn.status().ToString().c_str());
+        return 1;
+      }
+      remote_ns = *rn;
+      rw = Workload::ForEngine(remote.get(), remote_ns, rspec.shape, *remote_engine);
+      rw->depth = w.depth;
+    }
     const uint64_t slot_bytes = w.chunk_bytes + 8192;
     const uint64_t request_slots = w.chunks_per_request;
     const uint64_t capacity_chunks = cfg.host_capacity_bytes / slot_bytes;
@@ -211,10 +293,19 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
                    "--host-capacity-mib\n", static_cast<unsigned long long>(*host_mib), mib);
       return 2;
     }
-    // Loads cycle over requests that are certainly still cached.
-    w.max_saved = capacity_chunks / request_slots - w.depth - 1;
+    // Loads cycle over requests that are certainly still cached (each workload gets its
+    // share of the capacity when two run).
+    const uint64_t sharing = rw ? 2 : 1;
+    if (capacity_chunks / sharing < 2 * request_slots * (w.depth + 1)) {
+      std::fprintf(stderr, "kvtier bench tiers: host capacity %llu MiB is too small for two workloads of %.1f MiB "
+                   "chunks; raise --host-capacity-mib\n", static_cast<unsigned long long>(*host_mib), mib);
+      return 2;
+    }
+    w.max_saved = capacity_chunks / sharing / request_slots - w.depth - 1;
+    if (rw) rw->max_saved = w.max_saved;
 
     std::vector<double> lim, lim_load, sv, ld;  // lim: saves' (and, on the host, loads') limit
+    std::vector<double> dsv, dld;               // the daemon path's saves and loads
     const bool gpu = *engine_device >= 0;
     for (uint64_t r = 0; r < *reps; ++r) {
       if (!gpu) {
@@ -234,9 +325,20 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
       }
       sv.push_back(*s);
       ld.push_back(*l);
+      if (rw) {
+        Result<double> ds = rw->Run(true, *seconds);
+        Result<double> dl = ds.ok() ? rw->Run(false, *seconds) : Result<double>(ds.status());
+        if (!dl.ok()) {
+          std::fprintf(stderr, "kvtier bench tiers: daemon path: %s\n", dl.status().ToString().c_str());
+          return 1;
+        }
+        dsv.push_back(*ds);
+        dld.push_back(*dl);
+      }
     }
     for (int op = 0; op < 2; ++op) {
-      const double g = Median(op == 0 ? sv : ld);
+      const double embedded = Median(op == 0 ? sv : ld);
+      const double g = rw ? Median(op == 0 ? dsv : dld) : embedded;
       const double limit = Median(op == 0 ? lim : lim_load);
       const char* limit_name = !gpu ? "single-thread memcpy"
                                : op == 0 ? "cudaMemcpy D2H (pinned)"
@@ -244,6 +346,7 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
       Report rep(json);
       rep.Add("bench", "tiers")
           .Add("tier", "host")
+          .Add("path", rw ? "daemon" : "embedded")
           .Add("op", op == 0 ? "save" : "load")
           .Add("chunk_bytes", w.chunk_bytes)
           .Add("chunk_tokens", uint64_t{chunk_tokens})
@@ -251,12 +354,14 @@ int RunBenchTiers(const std::vector<std::string>& argv) {
           .Add("gbps", g)
           .Add("limit_gbps", limit)
           .Add("ratio", limit > 0 ? g / limit : 0.0)
-          .Add("limit", limit_name)
-          .Add("workers", *workers)
+          .Add("limit", limit_name);
+      if (rw) rep.Add("embedded_gbps", embedded).Add("ratio_to_embedded", embedded > 0 ? g / embedded : 0.0);
+      rep.Add("workers", *workers)
           .Add("reps", *reps);
       rep.Print();
     }
     if (!(*store)->UnregisterNamespace(*ns).ok()) rc = 1;
+    if (rw && !remote->UnregisterNamespace(remote_ns).ok()) rc = 1;
   }
   const StoreStats st = (*store)->Stats();
   if (!json)

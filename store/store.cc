@@ -29,6 +29,7 @@
 #include "index/chunk_key.h"
 #include "index/radix_index.h"
 #include "kernels/mover.h"
+#include "store/daemon_client.h"
 #include "store/gpu.h"
 #include "store/task_pool.h"
 #include "store/ticket.h"
@@ -1332,6 +1333,7 @@ void Store::Impl::RunPrefetch(Registration& r, const std::vector<ChunkKey>& keys
 // ---- Store ------------------------------------------------------------------------------------
 
 Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Store::Store(std::shared_ptr<DaemonClient> remote) : remote_(std::move(remote)) {}
 
 Store::~Store() { (void)Close(); }
 
@@ -1404,6 +1406,7 @@ Result<std::unique_ptr<Store>> Store::Open(const StoreConfig& config) {
 }
 
 Status Store::Close() {
+  if (remote_) return remote_->Close();
   if (!impl_) return Status::OK();
   Impl& s = *impl_;
   std::unique_lock<std::shared_mutex> cl(s.close_mu);
@@ -1470,6 +1473,7 @@ Status Store::Impl::Recover() {
   if ((impl).closed) return Status::Closed("store is closed")
 
 Result<NamespaceHandle> Store::RegisterNamespace(const NamespaceSpec& spec, const KvMemoryLayout& layout) {
+  if (remote_) return remote_->RegisterNamespace(spec, layout);
   Impl& s = *impl_;
   KVTIER_OPEN_GUARD(s);
   KVTIER_RETURN_IF_ERROR(ValidateNamespaceSpec(spec));
@@ -1509,6 +1513,7 @@ Result<NamespaceHandle> Store::RegisterNamespace(const NamespaceSpec& spec, cons
 }
 
 Status Store::UnregisterNamespace(NamespaceHandle h) {
+  if (remote_) return remote_->UnregisterNamespace(h);
   Impl& s = *impl_;
   KVTIER_OPEN_GUARD(s);
   std::unique_lock<std::shared_mutex> l(s.reg_mu);
@@ -1519,6 +1524,7 @@ Status Store::UnregisterNamespace(NamespaceHandle h) {
 
 Result<LookupResult> Store::Lookup(NamespaceHandle h, std::span<const int32_t> tokens,
                                    std::span<const ExtraKey> extra_keys, const LookupOptions& options) {
+  if (remote_) return remote_->Lookup(h, tokens, extra_keys, options);
   Impl& s = *impl_;
   KVTIER_OPEN_GUARD(s);
   std::shared_ptr<Registration> reg;
@@ -1581,6 +1587,7 @@ Result<LookupResult> Store::Lookup(NamespaceHandle h, std::span<const int32_t> t
 }
 
 Status Store::CancelPrefetch(uint64_t prefetch_id) {
+  if (remote_) return remote_->CancelPrefetch(prefetch_id);
   Impl& s = *impl_;
   std::lock_guard<std::mutex> l(s.prefetch_mu);
   auto it = s.prefetches.find(prefetch_id);
@@ -1591,6 +1598,7 @@ Status Store::CancelPrefetch(uint64_t prefetch_id) {
 }
 
 Status Store::SetPrefillRate(NamespaceHandle h, double tokens_per_second) {
+  if (remote_) return remote_->SetPrefillRate(h, tokens_per_second);
   Impl& s = *impl_;
   KVTIER_OPEN_GUARD(s);
   Result<std::shared_ptr<Registration>> r = s.Find(h);
@@ -1602,6 +1610,7 @@ Status Store::SetPrefillRate(NamespaceHandle h, double tokens_per_second) {
 }
 
 Status Store::ReportPrefill(NamespaceHandle h, uint64_t tokens, double seconds) {
+  if (remote_) return remote_->ReportPrefill(h, tokens, seconds);
   Impl& s = *impl_;
   KVTIER_OPEN_GUARD(s);
   Result<std::shared_ptr<Registration>> r = s.Find(h);
@@ -1619,6 +1628,7 @@ Status Store::ReportPrefill(NamespaceHandle h, uint64_t tokens, double seconds) 
 
 Result<uint32_t> Store::PinPrefix(NamespaceHandle h, std::span<const int32_t> tokens,
                                   std::span<const ExtraKey> extra_keys) {
+  if (remote_) return remote_->PinPrefix(h, tokens, extra_keys);
   Impl& s = *impl_;
   KVTIER_OPEN_GUARD(s);
   std::shared_ptr<Registration> reg;
@@ -1634,6 +1644,7 @@ Result<uint32_t> Store::PinPrefix(NamespaceHandle h, std::span<const int32_t> to
 }
 
 Status Store::UnpinPrefix(NamespaceHandle h, std::span<const int32_t> tokens, std::span<const ExtraKey> extra_keys) {
+  if (remote_) return remote_->UnpinPrefix(h, tokens, extra_keys);
   Impl& s = *impl_;
   KVTIER_OPEN_GUARD(s);
   std::shared_ptr<Registration> reg;
@@ -1677,6 +1688,7 @@ Result<std::shared_ptr<Store::Impl::CopyRequest>> Store::Impl::MakeCopyRequest(
 
 Result<Ticket> Store::Save(NamespaceHandle h, std::span<const int32_t> tokens, std::span<const int32_t> block_ids,
                            std::span<const ExtraKey> extra_keys, const CopyOptions& options) {
+  if (remote_) return remote_->Save(h, tokens, block_ids, extra_keys, options);
   Impl& s = *impl_;
   KVTIER_OPEN_GUARD(s);
   Result<std::shared_ptr<Impl::CopyRequest>> req = s.MakeCopyRequest(h, tokens, block_ids, extra_keys, true);
@@ -1696,6 +1708,7 @@ Result<Ticket> Store::Save(NamespaceHandle h, std::span<const int32_t> tokens, s
 
 Result<Ticket> Store::Load(NamespaceHandle h, std::span<const int32_t> tokens, std::span<const int32_t> block_ids,
                            std::span<const ExtraKey> extra_keys, const CopyOptions& options) {
+  if (remote_) return remote_->Load(h, tokens, block_ids, extra_keys, options);
   Impl& s = *impl_;
   KVTIER_OPEN_GUARD(s);
   Result<std::shared_ptr<Impl::CopyRequest>> req = s.MakeCopyRequest(h, tokens, block_ids, extra_keys, false);
@@ -1726,6 +1739,10 @@ Result<Ticket> Store::Load(NamespaceHandle h, std::span<const int32_t> tokens, s
 }
 
 StoreStats Store::Stats() const {
+  if (remote_) {  // the daemon's counters for this tenant; zeros when it is unreachable
+    Result<StoreStats> r = remote_->Stats();
+    return r.ok() ? *r : StoreStats{};
+  }
   const Impl& s = *impl_;
   StoreStats o;
   auto g = [](const std::atomic<uint64_t>& c) { return c.load(std::memory_order_relaxed); };
@@ -2044,7 +2061,7 @@ Result<uint64_t> Store::Flush() {
 }
 
 Result<std::vector<NamespaceInfo>> Store::ListNamespaces() const {
-  if (remote_) return Status::NotSupported("not supported yet: kvtierd client");
+  if (remote_) return remote_->ListNamespaces();
   const Impl& s = *impl_;
   KVTIER_OPEN_GUARD(s);
   std::shared_lock<std::shared_mutex> l(s.reg_mu);
@@ -2063,8 +2080,10 @@ Result<std::vector<NamespaceInfo>> Store::ListNamespaces() const {
   return out;
 }
 
-Result<std::unique_ptr<Store>> Store::Connect(const DaemonClientConfig&) {
-  return Status::NotSupported("not supported yet: kvtierd client");
+Result<std::unique_ptr<Store>> Store::Connect(const DaemonClientConfig& config) {
+  Result<std::shared_ptr<DaemonClient>> c = DaemonClient::Connect(config);
+  if (!c.ok()) return c.status();
+  return std::unique_ptr<Store>(new Store(std::move(*c)));
 }
 
 }  // namespace kvtier

@@ -32,7 +32,7 @@ Result<std::unique_ptr<HostTier>> HostTier::Create(const HostTierOptions& option
     int fd = -1;
     if (options.huge_pages != HugePages::kOff) {
       t->map_bytes_ = RoundUp(t->region_bytes_, kHugePage);
-      fd = memfd_create("kvtier-host", MFD_CLOEXEC | MFD_HUGETLB);
+      fd = memfd_create("kvtier-host", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB);
       if (fd >= 0 && ftruncate(fd, static_cast<off_t>(t->map_bytes_)) == 0) {
         p = mmap(nullptr, t->map_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | populate, fd, 0);
       }
@@ -48,7 +48,7 @@ Result<std::unique_ptr<HostTier>> HostTier::Create(const HostTierOptions& option
     }
     if (p == MAP_FAILED) {
       t->map_bytes_ = t->region_bytes_;
-      fd = memfd_create("kvtier-host", MFD_CLOEXEC);
+      fd = memfd_create("kvtier-host", MFD_CLOEXEC | MFD_ALLOW_SEALING);
       if (fd < 0) return Status::IOError(std::string("host tier: memfd_create: ") + std::strerror(errno));
       if (ftruncate(fd, static_cast<off_t>(t->map_bytes_)) != 0) {
         const int e = errno;
