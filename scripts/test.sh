@@ -32,6 +32,8 @@ configure_build_test() {  # dir, cmake args...
   (cd "$dir" && $CTEST_WRAP ctest --output-on-failure -j "$jobs" --timeout 900)
 }
 
+# The daemon load test (N client processes x M threads through one kvtierd server) runs
+# for 60 s in the sanitizer stages, 5 s in the release one.
 start=$(date +%s)
 for stage in "${stages[@]}"; do
   t0=$(date +%s)
@@ -40,6 +42,7 @@ for stage in "${stages[@]}"; do
     release) configure_build_test build -DCMAKE_BUILD_TYPE=Release ;;
     asan)
       export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+      export KVTIER_DAEMON_LOAD_SECONDS=${KVTIER_DAEMON_LOAD_SECONDS:-60}
       configure_build_test build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVTIER_SANITIZE=address -DKVTIER_BUILD_BENCH=OFF ;;
     tsan)
       # TSan's shadow memory layout breaks with the high ASLR entropy of newer kernels;
@@ -47,6 +50,7 @@ for stage in "${stages[@]}"; do
       # RocksDB comes from Debian, not built with TSan: its internal synchronisation is
       # invisible, so reports from non-instrumented modules are ignored.
       export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:ignore_noninstrumented_modules=1
+      export KVTIER_DAEMON_LOAD_SECONDS=${KVTIER_DAEMON_LOAD_SECONDS:-60}
       CTEST_WRAP="setarch $(uname -m) -R"
       configure_build_test build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVTIER_SANITIZE=thread -DKVTIER_BUILD_BENCH=OFF ;;
     fuzz)
@@ -54,8 +58,8 @@ for stage in "${stages[@]}"; do
       cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
         -DCMAKE_CXX_COMPILER=clang++ -DKVTIER_FUZZ=ON -DKVTIER_SANITIZE=address -DKVTIER_BUILD_TESTS=OFF \
         -DKVTIER_BUILD_BENCH=OFF > build-fuzz.configure.log 2>&1 || { cat build-fuzz.configure.log; exit 1; }
-      cmake --build build-fuzz -j "$jobs" --target radix_index_fuzz chunk_format_fuzz
-      for f in radix_index_fuzz chunk_format_fuzz; do
+      cmake --build build-fuzz -j "$jobs" --target radix_index_fuzz chunk_format_fuzz daemon_request_fuzz
+      for f in radix_index_fuzz chunk_format_fuzz daemon_request_fuzz; do
         echo "=== fuzz: $f for ${fuzz_seconds}s"
         mkdir -p "build-fuzz/corpus/$f"
         build-fuzz/bin/$f -max_total_time="$fuzz_seconds" -print_final_stats=1 "build-fuzz/corpus/$f" 2>&1 | tail -n 12
