@@ -218,7 +218,32 @@ DaemonServerCounters DaemonServer::counters() const {
   c.refused = n_.refused.load(std::memory_order_relaxed);
   c.requests = n_.requests.load(std::memory_order_relaxed);
   c.errors = n_.errors.load(std::memory_order_relaxed);
+  for (size_t i = 0; i < kOps; ++i) {
+    const LatencyCounters& l = latency_[i];
+    const uint64_t count = l.count.load(std::memory_order_relaxed);
+    if (count == 0) continue;
+    OpLatency o;
+    o.op = wire::OpName(static_cast<wire::Op>(i));
+    for (size_t b = 0; b < kLatencyBuckets; ++b) o.buckets[b] = l.buckets[b].load(std::memory_order_relaxed);
+    o.count = count;
+    o.sum_seconds = static_cast<double>(l.sum_ns.load(std::memory_order_relaxed)) * 1e-9;
+    c.latency.push_back(std::move(o));
+  }
   return c;
+}
+
+static_assert(static_cast<size_t>(wire::Op::kListNamespaces) < 16, "DaemonServer::kOps is too small for wire::Op");
+
+void DaemonServer::RecordLatency(wire::Op op, std::chrono::nanoseconds took) {
+  const size_t i = static_cast<size_t>(op);
+  if (i >= kOps) return;
+  const double secs = std::chrono::duration<double>(took).count();
+  size_t b = 0;
+  while (b < std::size(kLatencyBoundsSeconds) && secs > kLatencyBoundsSeconds[b]) ++b;
+  LatencyCounters& l = latency_[i];
+  l.buckets[b].fetch_add(1, std::memory_order_relaxed);
+  l.sum_ns.fetch_add(static_cast<uint64_t>(took.count()), std::memory_order_relaxed);
+  l.count.fetch_add(1, std::memory_order_relaxed);
 }
 
 void DaemonServer::ReapLocked() {
@@ -373,10 +398,12 @@ void DaemonServer::Serve(Connection* c) {
         break;
       }
       n_.requests.fetch_add(1, std::memory_order_relaxed);
+      const Clock::time_point t0 = Clock::now();
       Result<wire::Request> q = wire::DecodeRequest(*frame);
       wire::Response p;
       if (q.ok()) {
         p = DispatchOrFail(*s, *q);
+        RecordLatency(q->op, Clock::now() - t0);
       } else {
         p.status = q.status().WithContext("kvtierd: ");
       }

@@ -29,8 +29,10 @@
 #ifndef KVTIER_DAEMON_SERVER_H_
 #define KVTIER_DAEMON_SERVER_H_
 
+#include <array>
 #include <atomic>
 #include <chrono>
+#include <iterator>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -57,6 +59,18 @@ struct DaemonServerOptions {
   uint32_t max_connections = 1024;                    // more are closed at accept (counted as refused)
 };
 
+// Request latency of one op (decode to encoded answer, the Store call included), as a
+// cumulative histogram over kLatencyBoundsSeconds.
+inline constexpr double kLatencyBoundsSeconds[] = {10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3,
+                                                   2.5e-3, 5e-3, 10e-3, 25e-3, 100e-3, 1.0};
+inline constexpr size_t kLatencyBuckets = std::size(kLatencyBoundsSeconds) + 1;  // the last is +Inf
+struct OpLatency {
+  std::string op;                                 // wire::OpName
+  std::array<uint64_t, kLatencyBuckets> buckets{};  // requests at or under each bound (not cumulative)
+  uint64_t count = 0;
+  double sum_seconds = 0;
+};
+
 // Counters since Start, for metrics. Monotonic except the *_open gauges.
 struct DaemonServerCounters {
   uint64_t connections = 0;       // accepted
@@ -65,6 +79,7 @@ struct DaemonServerCounters {
   uint64_t refused = 0;           // connections without a handshake (bad token or version, none sent) or over the limit
   uint64_t requests = 0;
   uint64_t errors = 0;            // requests answered with an error, and malformed messages
+  std::vector<OpLatency> latency; // per op that has been requested at least once
 };
 
 class DaemonServer {
@@ -125,6 +140,14 @@ class DaemonServer {
   struct Counters {
     std::atomic<uint64_t> connections{0}, connections_open{0}, sessions_open{0}, refused{0}, requests{0}, errors{0};
   };
+  // Per op (index: wire::Op); relaxed atomics, read without a lock by counters().
+  struct LatencyCounters {
+    std::array<std::atomic<uint64_t>, kLatencyBuckets> buckets{};
+    std::atomic<uint64_t> count{0}, sum_ns{0};
+  };
+  void RecordLatency(wire::Op op, std::chrono::nanoseconds took);
+  static constexpr size_t kOps = 16;
+  mutable std::array<LatencyCounters, kOps> latency_;
   mutable Counters n_;
 };
 

@@ -724,6 +724,19 @@ TEST(Daemon, ThreadsShareTheClientsConnectionsAndSession) {
   EXPECT_LE(n.connections, 3u);
   EXPECT_EQ(n.sessions_open, 1u);
   EXPECT_EQ(d.store_a->Stats().saved_chunks, uint64_t{kThreads} * 5 * 2);
+  // Each request's latency went into its op's histogram.
+  bool saw_lookup = false;
+  for (const OpLatency& l : n.latency) {
+    uint64_t in_buckets = 0;
+    for (uint64_t b : l.buckets) in_buckets += b;
+    EXPECT_EQ(in_buckets, l.count) << l.op;
+    EXPECT_GT(l.sum_seconds, 0) << l.op;
+    if (l.op == "lookup") {
+      saw_lookup = true;
+      EXPECT_GE(l.count, uint64_t{kThreads} * 5);
+    }
+  }
+  EXPECT_TRUE(saw_lookup);
 }
 
 TEST(Daemon, StopClosesConnectionsAndClientsSeeUnavailable) {
