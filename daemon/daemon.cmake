@@ -12,3 +12,8 @@ target_link_libraries(kvtierd PRIVATE kvtier_daemon)
 target_compile_options(kvtierd PRIVATE ${KVTIER_WARNINGS})
 target_compile_definitions(kvtierd PRIVATE KVTIER_VERSION_STRING="${PROJECT_VERSION}")
 install(TARGETS kvtierd RUNTIME DESTINATION bin)
+# The Python wheel carries kvtierd too (kvtier/bin/kvtierd; `kvtierd` on the PATH after
+# `pip install`, through kvtier.daemon:main), so one install gives the engine side and the daemon.
+if(KVTIER_BUILD_PYTHON)
+  install(TARGETS kvtierd RUNTIME DESTINATION kvtier/bin COMPONENT python)
+endif()

@@ -249,13 +249,19 @@ def generate_with_cache(model, input_ids, cache, *, save=True, **generate_kwargs
     (a KVTierCache) so only the tail is prefilled; then, when ``save``, stores the whole
     chunks of the prompt and generated tokens for the next request.
 
+    A kvtierd that cannot be reached makes the request a miss (nothing loaded or saved).
     Returns generate()'s output: always a dict-like output (``return_dict_in_generate``
     is forced on) with ``.sequences`` and ``.past_key_values``, plus ``.kvtier_loaded_tokens``
     and ``.kvtier_saved_tokens``.
     """
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}; generate_with_cache takes [1, n]")
-    past, loaded = cache.load_prefix(input_ids)
+    # An unreachable kvtierd (Store.connect) is a miss: generate() prefills everything and
+    # nothing is saved, rather than the request failing with the cache.
+    try:
+        past, loaded = cache.load_prefix(input_ids)
+    except kvtier.UnavailableError:
+        past, loaded = None, 0
     kwargs = dict(generate_kwargs)
     kwargs["return_dict_in_generate"] = True
     kwargs.setdefault("use_cache", True)
@@ -265,7 +271,10 @@ def generate_with_cache(model, input_ids, cache, *, save=True, **generate_kwargs
     saved = 0
     if save and out.past_key_values is not None:
         cached = out.past_key_values.get_seq_length()
-        saved = cache.save(out.sequences[0, :cached], out.past_key_values)
+        try:
+            saved = cache.save(out.sequences[0, :cached], out.past_key_values)
+        except kvtier.UnavailableError:
+            saved = 0
     out["kvtier_loaded_tokens"] = loaded
     out["kvtier_saved_tokens"] = saved
     return out

@@ -1,7 +1,10 @@
 """End to end with transformers on CPU: a tiny random-weight Llama, prompts whose prefix is
-loaded from kvtier (host tier, and NVMe tier after a restart or host eviction). Greedy
+loaded from kvtier (host tier, and NVMe tier after a restart or host eviction), from an
+embedded Store and through a kvtierd process. Greedy
 generation with the loaded prefix must give exactly the tokens of generation without it,
 only the tail may be prefilled, and the first step's logits must match to fp tolerance."""
+
+import os
 
 import pytest
 
@@ -9,6 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import kvtier  # noqa: E402
+from kvtier.daemon import Daemon  # noqa: E402
 from kvtier.transformers import KVTierCache, ModelIdentity, generate_with_cache  # noqa: E402
 
 CHUNK = 32
@@ -220,3 +224,88 @@ def test_bad_input_raises_clear_errors(tiny_llama):
         cache.lookup(ids)
     with pytest.raises(kvtier.ClosedError):
         generate_with_cache(model, ids, cache, max_new_tokens=2)
+
+
+# ---- through kvtierd ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def kvtierd_binary():
+    try:
+        return kvtier.daemon.binary()
+    except FileNotFoundError as e:
+        if os.environ.get("CI"):
+            raise  # CI installs the wheel, which carries kvtierd: its absence is a failure there
+        pytest.skip(str(e))
+
+
+def test_through_kvtierd_host_tier(tiny_llama, kvtierd_binary):
+    model = tiny_llama
+    with Daemon(allow_anonymous=True, **{"host.capacity": "64MiB", "host.huge_pages": "off"}) as d:
+        store = kvtier.Store.connect(d.address)
+        cache = KVTierCache(store, model, name=NAME, revision="r1", chunk_tokens=CHUNK)
+        first = prompt(300, seed=11)
+        out, lengths = generate_cached(model, first, cache)
+        assert_same_generation(model, first, out, 0, lengths)
+        # Another client process would see the same cache: here, a second connection.
+        other = kvtier.Store.connect(d.address)
+        cache2 = KVTierCache(other, model, name=NAME, revision="r1", chunk_tokens=CHUNK)
+        second = torch.cat([first[:, :200], prompt(70, seed=12)], dim=1)
+        out, lengths = generate_cached(model, second, cache2)
+        assert_same_generation(model, second, out, 192, lengths)
+        # A new revision is a miss through the daemon too.
+        r2 = KVTierCache(store, model, name=NAME, revision="r2", chunk_tokens=CHUNK)
+        assert r2.lookup(first) == 0
+        s = store.stats()  # the daemon's counters
+        assert s["loaded_chunks"] == 6 and s["load_failed_chunks"] == 0 and s["corrupt_chunks"] == 0
+        other.close()
+        store.close()
+        assert d.stop() == 0
+
+
+def test_through_kvtierd_nvme_tier_after_restart(tiny_llama, kvtierd_binary, disk_dir):
+    model = tiny_llama
+    settings = {"host.capacity": "64MiB", "host.huge_pages": "off", "nvme.enabled": True,
+                "nvme.paths": [f"{disk_dir}/data.kvt"], "nvme.capacity": "64MiB", "nvme.write_policy": "write_back"}
+    ids = prompt(260, seed=13)
+    d = Daemon(allow_anonymous=True, **settings).start()
+    try:
+        store = kvtier.Store.connect(d.address)
+        cache = KVTierCache(store, model, name=NAME, revision="r1", chunk_tokens=CHUNK)
+        out, lengths = generate_cached(model, ids, cache)
+        assert out.kvtier_saved_tokens == 256
+        store.close()
+        # SIGTERM writes the host-only chunks (write-back) to NVMe before the daemon exits.
+        assert d.stop() == 0, d.log()
+        assert "chunks=8" in d.log(), d.log()
+        d.start()  # the same paths: the chunks come back from NVMe
+        store = kvtier.Store.connect(d.address)
+        assert store.stats()["recovered_chunks"] == 8
+        cache = KVTierCache(store, model, name=NAME, revision="r1", chunk_tokens=CHUNK)
+        assert cache.chunk_tiers(ids) == ["nvme"] * 8
+        out, lengths = generate_cached(model, ids, cache)
+        assert_same_generation(model, ids, out, 256, lengths)
+        s = store.stats()
+        assert s["promotions"] == 8 and s["loaded_chunks"] == 8 and s["nvme_corrupt_chunks"] == 0
+        store.close()
+    finally:
+        d.stop()
+        d.kill()
+
+
+def test_through_kvtierd_a_dead_daemon_is_a_miss_not_an_error(tiny_llama, kvtierd_binary):
+    model = tiny_llama
+    d = Daemon(allow_anonymous=True, **{"host.capacity": "64MiB", "host.huge_pages": "off"}).start()
+    store = kvtier.Store.connect(d.address, timeout_ms=1000)
+    cache = KVTierCache(store, model, name=NAME, revision="r1", chunk_tokens=CHUNK)
+    ids = prompt(100, seed=14)
+    out, lengths = generate_cached(model, ids, cache)
+    assert out.kvtier_saved_tokens == 96
+    d.kill()  # no flush: a crash
+    with pytest.raises(kvtier.UnavailableError):
+        cache.lookup(ids)
+    # generate_with_cache goes on without the cache: the whole prompt is prefilled.
+    out, lengths = generate_cached(model, ids, cache)
+    assert_same_generation(model, ids, out, 0, lengths)
+    assert out.kvtier_saved_tokens == 0
+    store.close()
