@@ -18,6 +18,10 @@ kvtier_daemon_test(kvtier_daemon_metrics_test daemon_metrics. tests/daemon_metri
 # (O_DIRECT needs a block-backed filesystem; /tmp may be tmpfs).
 kvtier_daemon_test(kvtier_kvtierd_process_test kvtierd. tests/kvtierd_process_test.cc)
 add_dependencies(kvtier_kvtierd_process_test kvtierd)
+if(TARGET kvtier_cli)  # `kvtier ls` / `kvtier stats` against it
+  add_dependencies(kvtier_kvtierd_process_test kvtier_cli)
+  target_compile_definitions(kvtier_kvtierd_process_test PRIVATE KVTIER_CLI_PATH="$<TARGET_FILE:kvtier_cli>")
+endif()
 target_compile_definitions(kvtier_kvtierd_process_test PRIVATE KVTIERD_PATH="$<TARGET_FILE:kvtierd>"
   KVTIERD_TEST_SCRATCH="${CMAKE_BINARY_DIR}/kvtierd_test_tmp"
   KVTIERD_EXAMPLE_CONFIG="${CMAKE_SOURCE_DIR}/daemon/kvtierd.example.toml")

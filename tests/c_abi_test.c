@@ -6,7 +6,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "kvtier/kvtier.h"
+
+extern char** environ;
 
 static int failures = 0;
 #define CHECK(cond)                                                   \
@@ -226,6 +233,94 @@ static void split_kv(void) {
   CHECK(kvt_store_close(store) == KVT_OK);
 }
 
+/* Daemon mode: kvt_store_open with daemon_address connects to a kvtierd process (the
+ * binary in $KVTIERD, started here) and the same calls save, look up and load through it;
+ * a wrong token is refused, and with the daemon gone, open fails with KVT_E_UNAVAILABLE. */
+static void daemon_mode(void) {
+  const char* kvtierd = getenv("KVTIERD");
+  if (kvtierd == NULL || *kvtierd == '\0') {
+    fprintf(stderr, "c_abi_test: KVTIERD not set, daemon mode not tested\n");
+    return;
+  }
+  char dir[] = "/tmp/kvtier-c-abi-daemon-XXXXXX";
+  if (mkdtemp(dir) == NULL) {
+    CHECK(!"mkdtemp");
+    return;
+  }
+  char sock[160], set_socket[200], address[200];
+  snprintf(sock, sizeof sock, "%s/kvtierd.sock", dir);
+  snprintf(set_socket, sizeof set_socket, "socket=%s", sock);
+  snprintf(address, sizeof address, "unix:%s", sock);
+  char* argv[] = {(char*)kvtierd, "--set", set_socket, "--set", "metrics.listen=", "--set", "host.capacity=8MiB",
+                  "--set", "host.huge_pages=off", "--set", "tenants.c.token=token-of-the-c-test", NULL};
+  pid_t pid = -1;
+  CHECK(posix_spawn(&pid, kvtierd, NULL, NULL, argv, environ) == 0);
+  if (pid <= 0) return;
+
+  kvt_store_options opts;
+  kvt_store_options_init(&opts);
+  opts.daemon_address = address;
+  opts.daemon_tenant = "c";
+  opts.daemon_token = "token-of-the-c-test";
+  opts.daemon_timeout_ms = 2000;
+  char err[256] = {0};
+  kvt_store* store = NULL;
+  int rc = KVT_E_UNAVAILABLE;
+  for (int i = 0; i < 1000 && rc == KVT_E_UNAVAILABLE; ++i) { /* until it listens (10 s at most) */
+    rc = kvt_store_open(&opts, &store, err, sizeof err);
+    if (rc == KVT_E_UNAVAILABLE) usleep(10000);
+  }
+  CHECK(rc == KVT_OK);
+  if (store != NULL) {
+    kvt_layer_memory layers[kLayers];
+    kvt_kv_layout layout;
+    describe(&layout, layers);
+    kvt_namespace_spec spec;
+    spec_init(&spec, "daemon");
+    kvt_namespace* ns = NULL;
+    CHECK(kvt_namespace_register(store, &spec, &layout, &ns) == KVT_OK);
+    int32_t tokens[16];
+    for (int i = 0; i < 16; ++i) tokens[i] = 9000 + i * 3;
+    int32_t src[4] = {0, 1, 2, 3}, dst[4] = {24, 25, 26, 27};
+    for (int l = 0; l < kLayers; ++l)
+      for (int k = 0; k < 2; ++k)
+        for (int b = 0; b < 4; ++b)
+          for (size_t i = 0; i < BLOCK_BYTES; ++i) block_part(l, k, b)[i] = (uint8_t)(l * 5 + k * 13 + b * 3 + i * 7);
+    kvt_ticket* t = NULL;
+    uint32_t done = 0;
+    CHECK(kvt_save(ns, tokens, 16, src, 4, NULL, 0, &t) == KVT_OK);
+    CHECK(kvt_ticket_wait(t, -1, &done) == KVT_OK);
+    CHECK(done == 2);
+    kvt_ticket_release(t);
+    kvt_lookup_result lr;
+    uint8_t tiers[2] = {9, 9};
+    CHECK(kvt_lookup(ns, tokens, 16, NULL, 0, &lr, tiers, 2) == KVT_OK);
+    CHECK(lr.matched_chunks == 2 && tiers[0] == KVT_TIER_HOST && tiers[1] == KVT_TIER_HOST);
+    CHECK(kvt_load(ns, tokens, 16, dst, 4, NULL, 0, &t) == KVT_OK);
+    CHECK(kvt_ticket_wait(t, -1, &done) == KVT_OK);
+    CHECK(done == 2);
+    kvt_ticket_release(t);
+    for (int l = 0; l < kLayers; ++l)
+      for (int k = 0; k < 2; ++k)
+        for (int b = 0; b < 4; ++b) CHECK(memcmp(block_part(l, k, b), block_part(l, k, 24 + b), BLOCK_BYTES) == 0);
+    CHECK(kvt_namespace_release(ns) == KVT_OK);
+    CHECK(kvt_store_close(store) == KVT_OK);
+  }
+  /* Another tenant's name with this token: refused. */
+  kvt_store* other = NULL;
+  opts.daemon_tenant = "d";
+  CHECK(kvt_store_open(&opts, &other, err, sizeof err) == KVT_E_PERMISSION_DENIED);
+  CHECK(other == NULL);
+  /* The daemon gone: open fails fast, saying so. */
+  kill(pid, SIGTERM);
+  int status = 0;
+  CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  opts.daemon_tenant = "c";
+  CHECK(kvt_store_open(&opts, &other, err, sizeof err) == KVT_E_UNAVAILABLE);
+  CHECK(strstr(err, sock) != NULL);
+  rmdir(dir);
+}
+
 int main(void) {
   char err[256] = {0};
   kvt_store* store = NULL;
@@ -426,6 +521,7 @@ int main(void) {
 
   nvme_round_trip();
   split_kv();
+  daemon_mode();
 
   if (failures) {
     fprintf(stderr, "c_abi_test: %d checks failed\n", failures);

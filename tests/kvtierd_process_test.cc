@@ -547,3 +547,98 @@ TEST(Kvtierd, SigkillMidTrafficFailsFastAndRestartServesAgain) {
 
 }  // namespace
 }  // namespace kvtier
+
+namespace kvtier {
+namespace {
+
+#ifdef KVTIER_CLI_PATH
+// Runs the kvtier CLI to its end (20 s at most): exit status, stdout, stderr.
+Ran RunCli(const std::string& dir, const std::vector<std::string>& args) {
+  Ran r;
+  const std::string out = dir + "/cli.out", err = dir + "/cli.err";
+  std::vector<std::string> argv_s = {KVTIER_CLI_PATH};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = -1;
+  const int rc = ::posix_spawn(&pid, KVTIER_CLI_PATH, &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) return r;
+  const Clock::time_point end = Clock::now() + std::chrono::seconds(20);
+  for (;;) {
+    int st = 0;
+    const pid_t w = ::waitpid(pid, &st, WNOHANG);
+    if (w == pid) {
+      r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+      break;
+    }
+    if (Clock::now() > end) {
+      ::kill(pid, SIGKILL);
+      (void)::waitpid(pid, &st, 0);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  r.out = ReadFile(out);
+  r.err = ReadFile(err);
+  return r;
+}
+
+// `kvtier ls` and `kvtier stats` against a running kvtierd: the tenant's namespaces with
+// chunk counts per tier, its counters; a wrong token and a dead daemon are clear errors.
+TEST(Kvtierd, CliLsAndStatsTalkToTheDaemon) {
+  Dirs d;
+  ASSERT_TRUE(d.data.ok() && d.sockets.ok());
+  const std::string config = d.data.File("kvtierd.toml");
+  WriteFile(config, Config(d.socket(), d.data.path()));
+  Kvtierd daemon;
+  ASSERT_TRUE(daemon.Start({"--config", config}, d.data.File("out"), d.data.File("kvtierd.log")));
+  ASSERT_TRUE(daemon.WaitForLog("event=ready")) << daemon.Log();
+  Result<std::unique_ptr<Store>> a = ConnectWithin(Client(d.socket(), "a", kTokenA));
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  TestEngine e(Shape(), kBlockTokens, kEngineBlocks);
+  Result<NamespaceHandle> ns = (*a)->RegisterNamespace(Spec(), e.layout);
+  ASSERT_TRUE(ns.ok());
+  ASSERT_TRUE(SavePrompt(**a, *ns, e, 11, 3, 0).ok());
+
+  const std::string address = "unix:" + d.socket();
+  Ran ls = RunCli(d.data.path(), {"ls", "--daemon", address, "--tenant", "a", "--token", kTokenA, "--json"});
+  EXPECT_EQ(ls.code, 0) << ls.err;
+  EXPECT_NE(ls.out.find("\"model\": \"acme/llama-test\""), std::string::npos) << ls.out;
+  EXPECT_NE(ls.out.find("\"chunks\": 3"), std::string::npos) << ls.out;
+  EXPECT_NE(ls.out.find("\"host_chunks\": 3"), std::string::npos) << ls.out;
+  Ran table = RunCli(d.data.path(), {"ls", "--daemon", address, "--tenant", "a", "--token", kTokenA});
+  EXPECT_EQ(table.code, 0) << table.err;
+  EXPECT_NE(table.out.find("acme/llama-test"), std::string::npos) << table.out;
+  // Tenant b sees no chunks of a's (the namespace list is its own).
+  Ran ls_b = RunCli(d.data.path(), {"ls", "--daemon", address, "--tenant", "b", "--token", kTokenB, "--json"});
+  EXPECT_EQ(ls_b.code, 0) << ls_b.err;
+  EXPECT_EQ(ls_b.out.find("\"chunks\": 3"), std::string::npos) << ls_b.out;
+
+  Ran stats = RunCli(d.data.path(), {"stats", "--daemon", address, "--tenant", "a", "--token", kTokenA, "--json"});
+  EXPECT_EQ(stats.code, 0) << stats.err;
+  EXPECT_NE(stats.out.find("\"saved_chunks\": 3"), std::string::npos) << stats.out;
+  EXPECT_NE(stats.out.find("\"nvme_enabled\": 1"), std::string::npos) << stats.out;
+
+  Ran denied = RunCli(d.data.path(), {"stats", "--daemon", address, "--tenant", "a", "--token", kTokenB});
+  EXPECT_EQ(denied.code, 1);
+  EXPECT_NE(denied.err.find("ermission"), std::string::npos) << denied.err;
+
+  EXPECT_TRUE((*a)->Close().ok());
+  ASSERT_TRUE(daemon.Signal(SIGTERM));
+  EXPECT_EQ(daemon.Wait(std::chrono::seconds(15)), 0) << daemon.Log();
+  Ran gone = RunCli(d.data.path(), {"ls", "--daemon", address, "--tenant", "a", "--token", kTokenA});
+  EXPECT_EQ(gone.code, 1);
+  EXPECT_NE(gone.err.find(d.socket()), std::string::npos) << gone.err;
+}
+#else
+TEST(Kvtierd, CliLsAndStatsTalkToTheDaemon) { GTEST_SKIP() << "the kvtier CLI is not built here (KVTIER_BUILD_BENCH=OFF)"; }
+#endif
+
+}  // namespace
+}  // namespace kvtier
