@@ -5,7 +5,8 @@
 #define KVTIER_COMMON_STATS_FIELDS_H_
 
 #define KVTIER_STORE_STATS_NUMBERS(X)                                                                              \
-  X(lookups) X(lookup_hit_chunks) X(lookup_miss_chunks) X(saves) X(saved_chunks) X(save_dedup_chunks)              \
+  X(lookups) X(lookup_hit_chunks) X(lookup_miss_chunks) X(host_hit_chunks) X(nvme_hit_chunks) X(redis_hit_chunks) \
+  X(saves) X(saved_chunks) X(save_dedup_chunks)                                                                    \
   X(save_failed_chunks) X(loads) X(loaded_chunks) X(load_failed_chunks) X(bytes_saved) X(bytes_loaded)            \
   X(evictions) X(corrupt_chunks) X(host_capacity_bytes) X(host_used_bytes) X(host_chunks) X(index_chunks)         \
   X(index_memory_bytes) X(namespaces) X(nvme_enabled) X(nvme_capacity_bytes) X(nvme_used_bytes) X(nvme_chunks)     \

@@ -64,6 +64,7 @@ using Job = std::function<void(bool abort)>;
 
 struct Counters {
   std::atomic<uint64_t> lookups{0}, lookup_hit_chunks{0}, lookup_miss_chunks{0};
+  std::atomic<uint64_t> host_hit_chunks{0}, nvme_hit_chunks{0}, redis_hit_chunks{0};
   std::atomic<uint64_t> saves{0}, saved_chunks{0}, save_dedup_chunks{0}, save_failed_chunks{0};
   std::atomic<uint64_t> loads{0}, loaded_chunks{0}, load_failed_chunks{0};
   std::atomic<uint64_t> bytes_saved{0}, bytes_loaded{0}, evictions{0}, corrupt_chunks{0};
@@ -1551,6 +1552,11 @@ Result<LookupResult> Store::Lookup(NamespaceHandle h, std::span<const int32_t> t
   Add(s.n.lookups, 1);
   Add(s.n.lookup_hit_chunks, out.matched_chunks);
   Add(s.n.lookup_miss_chunks, keys.size() - out.matched_chunks);
+  std::array<uint64_t, kTierCount> by_tier{};
+  for (uint32_t i = 0; i < out.matched_chunks; ++i) ++by_tier[static_cast<size_t>(out.chunk_tiers[i])];
+  Add(s.n.host_hit_chunks, by_tier[static_cast<size_t>(TierId::kGpu)] + by_tier[static_cast<size_t>(TierId::kHost)]);
+  Add(s.n.nvme_hit_chunks, by_tier[static_cast<size_t>(TierId::kNvme)]);
+  Add(s.n.redis_hit_chunks, by_tier[static_cast<size_t>(TierId::kRedis)]);
   const bool below_host = std::any_of(out.chunk_tiers.begin(), out.chunk_tiers.end(),
                                       [](TierId t) { return t != TierId::kHost; });
   if (options.prefetch && below_host) {
@@ -1749,6 +1755,9 @@ StoreStats Store::Stats() const {
   o.lookups = g(s.n.lookups);
   o.lookup_hit_chunks = g(s.n.lookup_hit_chunks);
   o.lookup_miss_chunks = g(s.n.lookup_miss_chunks);
+  o.host_hit_chunks = g(s.n.host_hit_chunks);
+  o.nvme_hit_chunks = g(s.n.nvme_hit_chunks);
+  o.redis_hit_chunks = g(s.n.redis_hit_chunks);
   o.saves = g(s.n.saves);
   o.saved_chunks = g(s.n.saved_chunks);
   o.save_dedup_chunks = g(s.n.save_dedup_chunks);

@@ -259,9 +259,13 @@ TEST_F(NvmePlacement, PrefetchBringsChunksUpBeforeTheLoad) {
   e.Open(store.get());
   ASSERT_TRUE(e.Save(1, 4).ok());
   for (uint32_t p = 0; p < 6; ++p) ASSERT_TRUE(e.Save(100 + p, 2).ok());  // pushes prompt 1 down to NVMe
+  const StoreStats s0 = store->Stats();
   LookupResult before = e.Lookup(1, 4);
   ASSERT_EQ(before.matched_chunks, 4u);
   for (TierId t : before.chunk_tiers) EXPECT_EQ(t, TierId::kNvme);
+  // Lookup hits are counted by the tier that holds them.
+  EXPECT_EQ(store->Stats().nvme_hit_chunks - s0.nvme_hit_chunks, 4u);
+  EXPECT_EQ(store->Stats().host_hit_chunks, s0.host_hit_chunks);
   LookupOptions o;
   o.prefetch = true;
   LookupResult r = e.Lookup(1, 4, o);
@@ -272,6 +276,7 @@ TEST_F(NvmePlacement, PrefetchBringsChunksUpBeforeTheLoad) {
   ASSERT_EQ(store->Stats().prefetched_chunks, 4u);
   LookupResult after = e.Lookup(1, 4);
   for (TierId t : after.chunk_tiers) EXPECT_EQ(t, TierId::kHost);
+  EXPECT_EQ(store->Stats().host_hit_chunks - s0.host_hit_chunks, 4u);
   const uint64_t promotions = store->Stats().promotions;
   EXPECT_EQ(e.Load(1, 4), 4u);
   EXPECT_EQ(store->Stats().promotions, promotions) << "the load read NVMe again";

@@ -183,6 +183,10 @@ struct StoreStats {
   uint64_t lookups = 0;
   uint64_t lookup_hit_chunks = 0;
   uint64_t lookup_miss_chunks = 0;
+  // lookup_hit_chunks by the fastest tier that held each (an HBM copy counts as host).
+  uint64_t host_hit_chunks = 0;
+  uint64_t nvme_hit_chunks = 0;
+  uint64_t redis_hit_chunks = 0;
   uint64_t saves = 0;
   uint64_t saved_chunks = 0;         // newly stored
   uint64_t save_dedup_chunks = 0;    // already cached, skipped

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "kvtier/status.h"
+#include "common/stats_fields.h"
 #include "kvtier/store.h"
 #include "kvtier/types.h"
 
@@ -150,41 +151,9 @@ KvLayerMemory ParseLayer(const py::handle& obj, size_t i) {
 
 py::dict StatsDict(const StoreStats& s) {
   py::dict d;
-#define KVTIER_STAT(f) d[#f] = s.f
-  KVTIER_STAT(lookups);
-  KVTIER_STAT(lookup_hit_chunks);
-  KVTIER_STAT(lookup_miss_chunks);
-  KVTIER_STAT(saves);
-  KVTIER_STAT(saved_chunks);
-  KVTIER_STAT(save_dedup_chunks);
-  KVTIER_STAT(save_failed_chunks);
-  KVTIER_STAT(loads);
-  KVTIER_STAT(loaded_chunks);
-  KVTIER_STAT(load_failed_chunks);
-  KVTIER_STAT(bytes_saved);
-  KVTIER_STAT(bytes_loaded);
-  KVTIER_STAT(evictions);
-  KVTIER_STAT(corrupt_chunks);
-  KVTIER_STAT(host_capacity_bytes);
-  KVTIER_STAT(host_used_bytes);
-  KVTIER_STAT(host_chunks);
-  KVTIER_STAT(index_chunks);
-  KVTIER_STAT(index_memory_bytes);
-  KVTIER_STAT(namespaces);
-  KVTIER_STAT(huge_pages);
-  KVTIER_STAT(nvme_enabled);
-  KVTIER_STAT(nvme_capacity_bytes);
-  KVTIER_STAT(nvme_used_bytes);
-  KVTIER_STAT(nvme_chunks);
-  KVTIER_STAT(nvme_corrupt_chunks);
-  KVTIER_STAT(nvme_dropped_records);
-  KVTIER_STAT(nvme_write_errors);
-  KVTIER_STAT(nvme_read_errors);
-  KVTIER_STAT(demotions);
-  KVTIER_STAT(write_throughs);
-  KVTIER_STAT(promotions);
-  KVTIER_STAT(recovered_chunks);
-  KVTIER_STAT(nvme_io_backend);
+#define KVTIER_STAT(f) d[#f] = s.f;
+  KVTIER_STORE_STATS_NUMBERS(KVTIER_STAT)
+  KVTIER_STORE_STATS_STRINGS(KVTIER_STAT)
 #undef KVTIER_STAT
   return d;
 }
