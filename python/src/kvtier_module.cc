@@ -149,6 +149,34 @@ KvLayerMemory ParseLayer(const py::handle& obj, size_t i) {
   return m;
 }
 
+// extra_keys: None, or a sequence of (chunk_index, lo, hi) with lo and hi the two 64-bit
+// halves of a 128-bit hash bound to that chunk.
+std::vector<ExtraKey> ExtraKeys(const py::handle& obj) {
+  std::vector<ExtraKey> out;
+  if (obj.is_none()) return out;
+  if (!py::isinstance<py::sequence>(obj) || py::isinstance<py::str>(obj))
+    throw py::type_error("extra_keys must be a sequence of (chunk_index, lo, hi) tuples");
+  for (const py::handle& item : obj.cast<py::sequence>()) {
+    py::tuple t;
+    try {
+      t = item.cast<py::tuple>();
+    } catch (const py::cast_error&) {
+      throw py::type_error("extra_keys: each item must be a (chunk_index, lo, hi) tuple");
+    }
+    if (t.size() != 3) throw py::type_error("extra_keys: each item must be a (chunk_index, lo, hi) tuple");
+    ExtraKey k;
+    try {
+      k.chunk_index = t[0].cast<uint32_t>();
+      k.lo = t[1].cast<uint64_t>();
+      k.hi = t[2].cast<uint64_t>();
+    } catch (const py::cast_error&) {
+      throw py::value_error("extra_keys: chunk_index must fit 32 bits and lo, hi 64 bits (unsigned)");
+    }
+    out.push_back(k);
+  }
+  return out;
+}
+
 py::dict StatsDict(const StoreStats& s) {
   py::dict d;
 #define KVTIER_STAT(f) d[#f] = s.f;
@@ -224,12 +252,17 @@ class PyNamespace {
     if (!s.ok() && s.code() != Status::Code::kClosed) Raise(s);
   }
 
-  py::dict Lookup(const py::handle& tokens_obj) {
+  py::dict Lookup(const py::handle& tokens_obj, const py::handle& extra_obj, bool prefetch,
+                  uint32_t prefetch_deadline_ms) {
     CheckLive();
     const std::vector<int32_t> tokens = Int32Vector(tokens_obj, "tokens");
+    const std::vector<ExtraKey> extra = ExtraKeys(extra_obj);
+    LookupOptions o;
+    o.prefetch = prefetch;
+    o.prefetch_deadline = std::chrono::milliseconds(prefetch_deadline_ms);
     Result<LookupResult> r = [&] {
       py::gil_scoped_release nogil;
-      return store_->Lookup(handle_, tokens);
+      return store_->Lookup(handle_, tokens, extra, o);
     }();
     Check(r.status());
     py::list tiers;
@@ -238,19 +271,27 @@ class PyNamespace {
     d["matched_tokens"] = r->matched_tokens;
     d["matched_chunks"] = r->matched_chunks;
     d["total_chunks"] = r->total_chunks;
+    d["cached_chunks"] = r->cached_chunks;
     d["chunk_tiers"] = tiers;
+    d["prefetch_id"] = r->prefetch_id;
     return d;
+  }
+
+  void CancelPrefetch(uint64_t id) {
+    CheckLive();
+    Check(store_->CancelPrefetch(id));
   }
 
   // Save or load; the returned ticket holds `self` so the registered memory stays alive.
   template <bool kSave>
-  Ticket Submit(const py::handle& tokens_obj, const py::handle& blocks_obj) {
+  Ticket Submit(const py::handle& tokens_obj, const py::handle& blocks_obj, const py::handle& extra_obj) {
     CheckLive();
     const std::vector<int32_t> tokens = Int32Vector(tokens_obj, "tokens");
     const std::vector<int32_t> blocks = Int32Vector(blocks_obj, "block_ids");
+    const std::vector<ExtraKey> extra = ExtraKeys(extra_obj);
     Result<Ticket> t = [&] {
       py::gil_scoped_release nogil;
-      return kSave ? store_->Save(handle_, tokens, blocks) : store_->Load(handle_, tokens, blocks);
+      return kSave ? store_->Save(handle_, tokens, blocks, extra) : store_->Load(handle_, tokens, blocks, extra);
     }();
     Check(t.status());
     return std::move(*t);
@@ -507,22 +548,28 @@ PYBIND11_MODULE(_kvtier, m) {
           "held until release() so that memory outlives the namespace.");
 
   py::class_<PyNamespace>(m, "Namespace", "A registration: model identity plus engine KV memory.")
-      .def("lookup", &PyNamespace::Lookup, py::arg("tokens"),
-           "How many leading tokens are cached: {matched_tokens, matched_chunks, total_chunks, chunk_tiers}.")
+      .def("lookup", &PyNamespace::Lookup, py::arg("tokens"), py::arg("extra_keys") = py::none(),
+           py::arg("prefetch") = false, py::arg("prefetch_deadline_ms") = 10000,
+           "How many leading tokens are cached: {matched_tokens, matched_chunks, total_chunks, cached_chunks, "
+           "chunk_tiers, prefetch_id}. extra_keys: (chunk_index, lo, hi) tuples bound to chunks (e.g. an image's "
+           "128-bit hash). prefetch: start bringing chunks below host (NVMe, Redis) up now; prefetch_id names it.")
+      .def("cancel_prefetch", &PyNamespace::CancelPrefetch, py::arg("prefetch_id"),
+           "Stops a prefetch (chunks already brought up stay); NotFoundError when it is finished or unknown.")
       .def(
           "save",
-          [](py::object self, const py::handle& tokens, const py::handle& block_ids) {
-            Ticket t = self.cast<PyNamespace&>().Submit<true>(tokens, block_ids);
+          [](py::object self, const py::handle& tokens, const py::handle& block_ids, const py::handle& extra_keys) {
+            Ticket t = self.cast<PyNamespace&>().Submit<true>(tokens, block_ids, extra_keys);
             return std::make_unique<PyTicket>(std::move(t), self);
           },
-          py::arg("tokens"), py::arg("block_ids"), "Saves the whole chunks of tokens from those blocks; a Ticket.")
+          py::arg("tokens"), py::arg("block_ids"), py::arg("extra_keys") = py::none(),
+          "Saves the whole chunks of tokens from those blocks; a Ticket.")
       .def(
           "load",
-          [](py::object self, const py::handle& tokens, const py::handle& block_ids) {
-            Ticket t = self.cast<PyNamespace&>().Submit<false>(tokens, block_ids);
+          [](py::object self, const py::handle& tokens, const py::handle& block_ids, const py::handle& extra_keys) {
+            Ticket t = self.cast<PyNamespace&>().Submit<false>(tokens, block_ids, extra_keys);
             return std::make_unique<PyTicket>(std::move(t), self);
           },
-          py::arg("tokens"), py::arg("block_ids"),
+          py::arg("tokens"), py::arg("block_ids"), py::arg("extra_keys") = py::none(),
           "Loads the cached leading chunks of tokens into those blocks; a Ticket (chunks_done says how many).")
       .def("release", &PyNamespace::Release, "Forgets the registration (cached chunks stay).")
       .def_property_readonly("released", &PyNamespace::released)

@@ -53,7 +53,8 @@ def test_save_load_round_trip_separate_k_and_v():
     keys, values = kv_tensors(12)
     ns = register(store, keys, values)
     tokens = list(range(100, 148))  # 3 chunks
-    assert ns.lookup(tokens) == {"matched_tokens": 0, "matched_chunks": 0, "total_chunks": 3, "chunk_tiers": []}
+    assert ns.lookup(tokens) == {"matched_tokens": 0, "matched_chunks": 0, "total_chunks": 3, "cached_chunks": 0,
+                                 "chunk_tiers": [], "prefetch_id": 0}
     with ns.save(tokens, list(range(12))) as t:
         assert t.wait() is True
         assert t.ok and t.status == "ok" and t.error is None
@@ -252,4 +253,55 @@ def test_nvme_tier_round_trip(disk_dir):
         assert torch.equal(dv[layer], values[layer])
     s = store.stats()
     assert s["recovered_chunks"] == 2 and s["promotions"] == 2 and s["nvme_enabled"]
+    store.close()
+
+
+def test_extra_keys_bind_chunks_to_more_than_tokens():
+    store = open_store()
+    keys, values = kv_tensors(12)
+    ns = register(store, keys, values)
+    tokens = list(range(1200, 1248))  # 3 chunks
+    image = (1, 0x1234, 0xABCD)  # chunk 1 carries an image's hash
+    with ns.save(tokens, list(range(12)), extra_keys=[image]) as t:
+        t.wait()
+        assert t.chunks_done == 3
+    assert ns.lookup(tokens, extra_keys=[image])["matched_chunks"] == 3
+    # Another image in chunk 1: chunk 0 still matches, chunk 1 on do not.
+    assert ns.lookup(tokens, extra_keys=[(1, 0x1234, 0xABCE)])["matched_chunks"] == 1
+    assert ns.lookup(tokens)["matched_chunks"] == 1
+    dk, dv = kv_tensors(12, fill=False)
+    dst = register(store, dk, dv)
+    with dst.load(tokens, list(range(12)), extra_keys=[image]) as t:
+        t.wait()
+        assert t.ok and t.chunks_done == 3
+    for layer in range(LAYERS):
+        assert torch.equal(dk[layer], keys[layer])
+    for bad in ([(1, 2)], [("a", 1, 2)], [(1, -1, 2)], "abc"):
+        with pytest.raises((TypeError, ValueError)):
+            ns.lookup(tokens, extra_keys=bad)
+    store.close()
+
+
+def test_lookup_prefetch_brings_nvme_chunks_up(disk_dir):
+    # A host tier of 4 chunks, write-back: later saves push the first prompt down to NVMe.
+    keys, values = kv_tensors(8)
+    payload = LAYERS * 2 * CHUNK * HEADS * DIM * 2
+    store = open_store(host_capacity_bytes=4 * (payload + 8192), nvme_paths=[f"{disk_dir}/data.kvt"],
+                       nvme_capacity_bytes=16 << 20, nvme_policy="write_back")
+    ns = register(store, keys, values)
+    first = list(range(3000, 3032))
+    for p in range(4):
+        with ns.save(list(range(3000 + 100 * p, 3032 + 100 * p)), list(range(8))) as t:
+            t.wait()
+    assert ns.lookup(first)["chunk_tiers"] == ["nvme", "nvme"]
+    r = ns.lookup(first, prefetch=True)
+    assert r["prefetch_id"] != 0
+    for _ in range(500):
+        if ns.lookup(first)["chunk_tiers"] == ["host", "host"]:
+            break
+        threading.Event().wait(0.01)
+    assert ns.lookup(first)["chunk_tiers"] == ["host", "host"]
+    assert store.stats()["prefetched_chunks"] >= 2
+    with pytest.raises(kvtier.NotFoundError):
+        ns.cancel_prefetch(987654321)
     store.close()
