@@ -16,6 +16,7 @@
 #include <string_view>
 
 #include "common/stats_fields.h"
+#include "daemon/wire.h"
 
 namespace kvtier {
 
@@ -253,19 +254,8 @@ void MetricsServer::Stop() {
 
 void MetricsServer::Loop() {
   for (;;) {
-    pollfd p[2] = {{listen_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
-    if (::poll(p, 2, -1) < 0) {
-      if (errno != EINTR) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      continue;
-    }
-    if (p[1].revents != 0) return;
-    if ((p[0].revents & POLLIN) == 0) continue;
-    const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd < 0) {
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      continue;
-    }
+    const int fd = wire::AcceptUntilWoken(listen_fd_, wake_fd_);
+    if (fd < 0) return;
     Serve(fd);
     ::close(fd);
   }

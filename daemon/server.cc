@@ -2,7 +2,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -259,20 +258,8 @@ void DaemonServer::ReapLocked() {
 
 void DaemonServer::AcceptLoop() {
   for (;;) {
-    pollfd p[2] = {{listen_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
-    if (::poll(p, 2, -1) < 0) {
-      if (errno != EINTR) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      continue;
-    }
-    if (p[1].revents != 0) return;
-    if ((p[0].revents & POLLIN) == 0) continue;
-    const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd < 0) {
-      // Out of descriptors or memory: back off instead of spinning on the ready socket.
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      continue;
-    }
+    const int fd = wire::AcceptUntilWoken(listen_fd_, wake_fd_);
+    if (fd < 0) return;
     std::lock_guard<std::mutex> l(conn_mu_);
     ReapLocked();
     if (stopping_) {

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <new>
+#include <thread>
 
 #include "common/stats_fields.h"
 #include "daemon/protocol.capnp.h"
@@ -419,6 +420,25 @@ Result<int> ReceiveFd(int sock, Deadline deadline) {
     for (int fd : fds) ::close(fd);
     return Status::IOError("expected one descriptor (the region) with the byte after the handshake; got " +
                            std::to_string(fds.size()) + ((msg.msg_flags & MSG_CTRUNC) ? " and more cut off" : ""));
+  }
+}
+
+// ---- listening ------------------------------------------------------------------------------
+
+int AcceptUntilWoken(int listen_fd, int wake_fd) {
+  for (;;) {
+    pollfd p[2] = {{listen_fd, POLLIN, 0}, {wake_fd, POLLIN, 0}};
+    if (::poll(p, 2, -1) < 0) {
+      if (errno != EINTR) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      continue;
+    }
+    if (p[1].revents != 0) return -1;
+    if ((p[0].revents & POLLIN) == 0) continue;
+    const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd >= 0) return fd;
+    // Out of descriptors or memory: back off instead of spinning on the ready socket.
+    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
 }
 

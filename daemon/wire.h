@@ -62,6 +62,17 @@ Status SendFd(int sock, int fd_to_send, Deadline deadline);
 // Receives exactly the one byte SendFd sends and the descriptor it carries (close-on-exec).
 Result<int> ReceiveFd(int sock, Deadline deadline);
 
+// ---- listening ---------------------------------------------------------------------
+
+// The accept loop of a listening socket that another thread stops through an eventfd (or
+// any descriptor that turns readable). Waits on both; returns the next accepted connection
+// (close-on-exec, non-blocking; the caller owns it), or -1 once `wake_fd` is readable,
+// which wins when both are. Retries EINTR, and backs off (10 ms) when poll fails or when
+// accept4 is out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) rather than
+// spin on a socket that stays ready; other accept4 failures (a connection reset before it
+// was taken) are passed over.
+int AcceptUntilWoken(int listen_fd, int wake_fd);
+
 // ---- handshake ---------------------------------------------------------------------
 
 struct Hello {

@@ -7,15 +7,11 @@
 // serving a socket until it is killed, or a client that saves and loads its own prompts and
 // checks every byte) and exits with the result. The children start clean, so they may start
 // threads under ThreadSanitizer and AddressSanitizer like any process.
-#include <errno.h>
-#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -36,6 +32,7 @@
 #include "daemon/wire.h"
 #include "kvtier/store.h"
 #include "store/daemon_client.h"
+#include "tests/daemon_harness.h"
 #include "tests/temp_dir.h"
 #include "tests/test_engine.h"
 #include "tiers/chunk_format.h"
@@ -46,102 +43,37 @@ extern "C" __attribute__((visibility("default"), used)) const char* __tsan_defau
 }
 #endif
 
-extern char** environ;
-
 namespace kvtier {
 namespace {
 
 using test::Blocks;
+using test::ClientConfig;
+using test::ConnectWithin;
+using test::Eventually;
 using test::FillPrompt;
 using test::HoldsPrompt;
+using test::kBlockTokens;
+using test::kBpc;
+using test::kChunkTokens;
 using test::KeysOf;
+using test::kEngineBlocks;
+using test::LoadPrompt;
 using test::Prompt;
+using test::SavePrompt;
+using test::Shape;
+using test::Spec;
 using test::TestEngine;
+using test::WaitExit;
 using Clock = std::chrono::steady_clock;
 
-constexpr uint32_t kChunkTokens = 16;
-constexpr uint32_t kBlockTokens = 4;
-constexpr uint32_t kBpc = kChunkTokens / kBlockTokens;
-constexpr uint32_t kLayers = 3;
-constexpr uint32_t kEngineBlocks = 256;
 constexpr std::chrono::seconds kWait{20};
 const char* const kTokenA = "token-of-tenant-a";
 const char* const kTokenB = "token-of-tenant-b";
 
-KvShape Shape() {
-  KvShape s;
-  s.num_layers = kLayers;
-  s.num_kv_heads = 2;
-  s.head_dim = 32;
-  s.dtype = DType::kFloat16;
-  s.chunk_tokens = kChunkTokens;
-  return s;
-}
-
-NamespaceSpec Spec(const std::string& model = "acme/llama-test") {
-  NamespaceSpec n;
-  n.model.name = model;
-  n.model.revision = "r1";
-  n.shape = Shape();
-  return n;
-}
-
-uint64_t SlotBytes() { return kChunkPayloadOffset + ((ChunkPayloadBytes(Shape()) + 4095) / 4096 * 4096); }
-
 StoreConfig Config(uint64_t host_chunks) {
-  StoreConfig c;
-  c.host_capacity_bytes = host_chunks * SlotBytes();
-  c.huge_pages = HugePages::kOff;
-  c.shared_host_region = true;
+  StoreConfig c = test::SharedHostConfig(host_chunks);
   c.worker_threads = 1;
   return c;
-}
-
-DaemonClientConfig ClientConfig(const std::string& socket, const std::string& tenant, const std::string& token) {
-  DaemonClientConfig c;
-  c.address = "unix:" + socket;
-  c.tenant = tenant;
-  c.token = token;
-  c.connections = 2;
-  c.worker_threads = 2;
-  c.timeout = std::chrono::milliseconds(3000);
-  return c;
-}
-
-// Connects, retrying while the daemon is still starting.
-Result<std::shared_ptr<DaemonClient>> ConnectWithin(const DaemonClientConfig& config, std::chrono::seconds limit) {
-  const Clock::time_point end = Clock::now() + limit;
-  for (;;) {
-    Result<std::shared_ptr<DaemonClient>> c = DaemonClient::Connect(config);
-    if (c.ok() || c.status().code() != Status::Code::kUnavailable || Clock::now() > end) return c;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-}
-
-// Saves prompt `id` (chunks whole chunks) from blocks [first, ...) and waits.
-Status SavePrompt(DaemonClient& c, NamespaceHandle ns, TestEngine& e, uint32_t id, uint32_t chunks, uint32_t first,
-                  uint32_t* done = nullptr) {
-  const std::vector<int32_t> tokens = Prompt(id, chunks * kChunkTokens);
-  FillPrompt(e, KeysOf(Spec(), tokens), Blocks(first, chunks * kBpc));
-  Result<Ticket> t = c.Save(ns, tokens, Blocks(first, chunks * kBpc), {}, {});
-  if (!t.ok()) return t.status();
-  Status st = t->Wait(kWait);
-  if (done != nullptr) *done = t->chunks_done();
-  return st;
-}
-
-// Loads prompt `id` into zeroed blocks [first, ...); `*done` chunks came, `*intact` says
-// whether each of them holds exactly what was saved.
-Status LoadPrompt(DaemonClient& c, NamespaceHandle ns, TestEngine& e, uint32_t id, uint32_t chunks, uint32_t first,
-                  uint32_t* done, bool* intact) {
-  const std::vector<int32_t> tokens = Prompt(id, chunks * kChunkTokens);
-  for (uint32_t b = first; b < first + chunks * kBpc; ++b) e.Zero(b);
-  Result<Ticket> t = c.Load(ns, tokens, Blocks(first, chunks * kBpc), {}, {});
-  if (!t.ok()) return t.status();
-  Status st = t->Wait(kWait);
-  *done = t->chunks_done();
-  *intact = HoldsPrompt(e, KeysOf(Spec(), tokens), Blocks(first, chunks * kBpc), *done);
-  return st;
 }
 
 // ---- child processes ---------------------------------------------------------------------
@@ -169,7 +101,8 @@ int RunDaemonChild(const std::string& socket) {
 
 // A client process: saves three prompts of its own, loads them back, checks every byte.
 int RunClientChild(const std::string& socket, uint32_t id) {
-  Result<std::shared_ptr<DaemonClient>> c = ConnectWithin(ClientConfig(socket, "a", kTokenA), std::chrono::seconds(20));
+  Result<std::shared_ptr<DaemonClient>> c =
+      ConnectWithin<DaemonClient>(ClientConfig(socket, "a", kTokenA), std::chrono::seconds(20));
   if (!c.ok()) {
     std::fprintf(stderr, "client child %u: %s\n", id, c.status().ToString().c_str());
     return 3;
@@ -182,7 +115,7 @@ int RunClientChild(const std::string& socket, uint32_t id) {
   }
   constexpr uint32_t kPrompts = 3, kChunks = 3;
   for (uint32_t p = 0; p < kPrompts; ++p) {
-    Status st = SavePrompt(**c, *ns, e, 1000 * id + p, kChunks, p * kChunks * kBpc);
+    Status st = SavePrompt(**c, *ns, e, 1000 * id + p, kChunks, p * kChunks * kBpc, kWait);
     if (!st.ok()) {
       std::fprintf(stderr, "client child %u: save: %s\n", id, st.ToString().c_str());
       return 1;
@@ -191,7 +124,7 @@ int RunClientChild(const std::string& socket, uint32_t id) {
   for (uint32_t p = 0; p < kPrompts; ++p) {
     uint32_t done = 0;
     bool intact = false;
-    Status st = LoadPrompt(**c, *ns, e, 1000 * id + p, kChunks, 128 + p * kChunks * kBpc, &done, &intact);
+    Status st = LoadPrompt(**c, *ns, e, 1000 * id + p, kChunks, 128 + p * kChunks * kBpc, kWait, &done, &intact);
     if (!st.ok() || done != kChunks || !intact) {
       std::fprintf(stderr, "client child %u: load of prompt %u: %s, %u chunks, %s\n", id, p, st.ToString().c_str(),
                    done, intact ? "intact" : "WRONG BYTES");
@@ -307,49 +240,20 @@ class ChildRole : public ::testing::Environment {
 [[maybe_unused]] ::testing::Environment* const kChildRole = ::testing::AddGlobalTestEnvironment(new ChildRole);
 
 // Starts this binary as a child in `role`; its stdout (gtest's banner) goes to /dev/null.
-pid_t Spawn(const std::string& role, const std::string& socket, uint32_t id = 0,
-            const std::vector<std::string>& extra_env = {}) {
+pid_t SpawnRole(const std::string& role, const std::string& socket, uint32_t id = 0,
+                const std::vector<std::string>& extra_env = {}) {
   char exe[4096];
   const ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
   if (n <= 0) return -1;
   exe[n] = '\0';
-  std::vector<std::string> env_strings;
-  for (char** e = environ; *e != nullptr; ++e)
-    if (std::strncmp(*e, "KVTIER_DAEMON_TEST_", 19) != 0) env_strings.emplace_back(*e);
-  env_strings.push_back("KVTIER_DAEMON_TEST_ROLE=" + role);
-  env_strings.push_back("KVTIER_DAEMON_TEST_SOCKET=" + socket);
-  env_strings.push_back("KVTIER_DAEMON_TEST_ID=" + std::to_string(id));
-  env_strings.push_back("KVTIER_DAEMON_TEST_PARENT=" + std::to_string(::getpid()));
-  for (const std::string& e : extra_env) env_strings.push_back(e);
-  std::vector<char*> envp;
-  for (std::string& s : env_strings) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  std::string filter = "--gtest_filter=*";
-  char* argv[] = {exe, filter.data(), nullptr};
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-  pid_t pid = -1;
-  const int r = ::posix_spawn(&pid, exe, &actions, nullptr, argv, envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-  return r == 0 ? pid : -1;
-}
-
-// The child's exit status, or -1 when it did not exit within `limit` (it is killed then).
-int WaitChild(pid_t pid, std::chrono::seconds limit) {
-  const Clock::time_point end = Clock::now() + limit;
-  for (;;) {
-    int status = 0;
-    const pid_t r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    if (r < 0 && errno != EINTR) return -1;
-    if (Clock::now() > end) {
-      ::kill(pid, SIGKILL);
-      (void)::waitpid(pid, &status, 0);
-      return -1;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  test::SpawnOptions options;
+  options.drop_env_prefix = "KVTIER_DAEMON_TEST_";
+  options.env = {"KVTIER_DAEMON_TEST_ROLE=" + role, "KVTIER_DAEMON_TEST_SOCKET=" + socket,
+                 "KVTIER_DAEMON_TEST_ID=" + std::to_string(id),
+                 "KVTIER_DAEMON_TEST_PARENT=" + std::to_string(::getpid())};
+  options.env.insert(options.env.end(), extra_env.begin(), extra_env.end());
+  options.out.path = "/dev/null";
+  return test::Spawn(exe, {"--gtest_filter=*"}, options);
 }
 
 // ---- an in-process daemon with two tenants --------------------------------------------------
@@ -432,17 +336,6 @@ struct RawConnection {
     return static_cast<uint32_t>(p->number);
   }
 };
-
-// Polls `pred` until it holds or `limit` passes.
-template <typename Pred>
-bool Eventually(Pred pred, std::chrono::seconds limit = std::chrono::seconds(10)) {
-  const Clock::time_point end = Clock::now() + limit;
-  while (!pred()) {
-    if (Clock::now() > end) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return true;
-}
 
 // ---- tests -------------------------------------------------------------------------------
 
@@ -613,7 +506,7 @@ TEST(Daemon, TenantsDoNotSeeEachOthersChunks) {
   Result<NamespaceHandle> na = a->RegisterNamespace(Spec(), ea.layout);
   Result<NamespaceHandle> nb = b->RegisterNamespace(Spec(), eb.layout);
   ASSERT_TRUE(na.ok() && nb.ok());
-  ASSERT_TRUE(SavePrompt(*a, *na, ea, 7, 3, 0).ok());
+  ASSERT_TRUE(SavePrompt(*a, *na, ea, 7, 3, 0, kWait).ok());
   const std::vector<int32_t> tokens = Prompt(7, 3 * kChunkTokens);
   Result<LookupResult> la = a->Lookup(*na, tokens, {}, {});
   Result<LookupResult> lb = b->Lookup(*nb, tokens, {}, {});
@@ -622,7 +515,7 @@ TEST(Daemon, TenantsDoNotSeeEachOthersChunks) {
   EXPECT_EQ(lb->cached_chunks, 0u);
   uint32_t done = 0;
   bool intact = false;
-  EXPECT_EQ(LoadPrompt(*b, *nb, eb, 7, 3, 100, &done, &intact).code(), Status::Code::kNotFound);
+  EXPECT_EQ(LoadPrompt(*b, *nb, eb, 7, 3, 100, kWait, &done, &intact).code(), Status::Code::kNotFound);
   EXPECT_EQ(done, 0u);
   EXPECT_TRUE(eb.IsZero(100));
   Result<std::vector<NamespaceInfo>> list_b = b->ListNamespaces();
@@ -710,10 +603,10 @@ TEST(Daemon, ThreadsShareTheClientsConnectionsAndSession) {
       for (uint32_t round = 0; round < 5; ++round) {
         const uint32_t id = 300 + i * 10 + round;
         const uint32_t first = i * 2 * kBpc;  // each thread its own blocks
-        if (!SavePrompt(**c, *ns, e, id, 2, first).ok()) ++bad;
+        if (!SavePrompt(**c, *ns, e, id, 2, first, kWait).ok()) ++bad;
         uint32_t done = 0;
         bool intact = false;
-        if (!LoadPrompt(**c, *ns, e, id, 2, 128 + first, &done, &intact).ok() || done != 2 || !intact) ++bad;
+        if (!LoadPrompt(**c, *ns, e, id, 2, 128 + first, kWait, &done, &intact).ok() || done != 2 || !intact) ++bad;
         if (!(*c)->Lookup(*ns, Prompt(id, 2 * kChunkTokens), {}, {}).ok()) ++bad;
       }
     });
@@ -767,11 +660,11 @@ TEST(Daemon, ClientProcessesShareOneDaemon) {
   constexpr int kChildren = 3;
   std::vector<pid_t> pids;
   for (int i = 0; i < kChildren; ++i) {
-    const pid_t pid = Spawn("client", d.socket, static_cast<uint32_t>(i + 1));
+    const pid_t pid = SpawnRole("client", d.socket, static_cast<uint32_t>(i + 1));
     ASSERT_GT(pid, 0);
     pids.push_back(pid);
   }
-  for (pid_t pid : pids) EXPECT_EQ(WaitChild(pid, std::chrono::seconds(60)), 0) << "client process " << pid;
+  for (pid_t pid : pids) EXPECT_EQ(WaitExit(pid, std::chrono::seconds(60)), 0) << "client process " << pid;
   // Each saved three prompts of three chunks, all of them distinct.
   EXPECT_EQ(d.store_a->Stats().saved_chunks, uint64_t{kChildren} * 9);
   EXPECT_TRUE(Eventually([&] { return d.server->counters().sessions_open == 0; }));
@@ -781,10 +674,10 @@ TEST(Daemon, ClientProcessesShareOneDaemon) {
 TEST(Daemon, KilledDaemonFailsCallsFastAndTheClientComesBackByItself) {
   test::TempDir dir;
   const std::string socket = dir.File("kvtierd.sock");
-  pid_t daemon = Spawn("daemon", socket);
+  pid_t daemon = SpawnRole("daemon", socket);
   ASSERT_GT(daemon, 0);
   DaemonClientConfig config = ClientConfig(socket, "a", kTokenA);
-  Result<std::shared_ptr<DaemonClient>> cr = ConnectWithin(config, std::chrono::seconds(30));
+  Result<std::shared_ptr<DaemonClient>> cr = ConnectWithin<DaemonClient>(config, std::chrono::seconds(30));
   ASSERT_TRUE(cr.ok()) << cr.status().ToString();
   DaemonClient& c = **cr;
   TestEngine e(Shape(), kBlockTokens, kEngineBlocks);
@@ -792,29 +685,10 @@ TEST(Daemon, KilledDaemonFailsCallsFastAndTheClientComesBackByItself) {
   ASSERT_TRUE(ns.ok()) << ns.status().ToString();
 
   // Traffic: save a prompt, load it back, over and over, checking every chunk it reports.
-  std::atomic<bool> stop{false};
-  std::atomic<uint32_t> loaded{0}, failed{0}, wrong{0}, stuck{0};
-  std::thread traffic([&] {
-    for (uint32_t i = 0; !stop.load(); ++i) {
-      const uint32_t id = 500 + i;
-      Status s = SavePrompt(c, *ns, e, id, 2, 0);
-      if (s.code() == Status::Code::kTimedOut) ++stuck;
-      uint32_t done = 0;
-      bool intact = true;
-      Status l = LoadPrompt(c, *ns, e, id, 2, 32, &done, &intact);
-      if (l.code() == Status::Code::kTimedOut) ++stuck;
-      if (!intact) ++wrong;
-      if (l.ok() && done == 2) {
-        ++loaded;
-      } else {
-        ++failed;
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      }
-    }
-  });
-  EXPECT_TRUE(Eventually([&] { return loaded.load() >= 5; }, std::chrono::seconds(30)));
+  test::SaveLoadTraffic traffic(c, *ns, e, kWait);
+  EXPECT_TRUE(Eventually([&] { return traffic.loaded.load() >= 5; }, std::chrono::seconds(30)));
   ASSERT_EQ(::kill(daemon, SIGKILL), 0);
-  EXPECT_EQ(WaitChild(daemon, std::chrono::seconds(10)), 128 + SIGKILL);
+  EXPECT_EQ(WaitExit(daemon, std::chrono::seconds(10)), 128 + SIGKILL);
 
   // Every call fails fast and says which socket.
   for (int i = 0; i < 5; ++i) {
@@ -825,11 +699,11 @@ TEST(Daemon, KilledDaemonFailsCallsFastAndTheClientComesBackByItself) {
     EXPECT_LT(Clock::now() - t0, std::chrono::milliseconds(500));
     std::this_thread::sleep_for(std::chrono::milliseconds(60));
   }
-  const uint32_t failed_before = failed.load();
-  EXPECT_TRUE(Eventually([&] { return failed.load() > failed_before + 3; })) << "traffic is not failing fast";
+  const uint32_t failed_before = traffic.failed.load();
+  EXPECT_TRUE(Eventually([&] { return traffic.failed.load() > failed_before + 3; })) << "traffic is not failing fast";
 
   // A new daemon on the same socket: the client reconnects and registers its namespace again.
-  daemon = Spawn("daemon", socket);
+  daemon = SpawnRole("daemon", socket);
   ASSERT_GT(daemon, 0);
   EXPECT_TRUE(Eventually(
       [&] {
@@ -837,18 +711,17 @@ TEST(Daemon, KilledDaemonFailsCallsFastAndTheClientComesBackByItself) {
         return r.ok();
       },
       std::chrono::seconds(30)));
-  const uint32_t loaded_before = loaded.load();
-  EXPECT_TRUE(Eventually([&] { return loaded.load() >= loaded_before + 5; }, std::chrono::seconds(30)));
-  stop = true;
-  traffic.join();
-  EXPECT_EQ(wrong.load(), 0u) << "a load reported chunks whose bytes were wrong";
-  EXPECT_EQ(stuck.load(), 0u) << "a save or load ran past its wait";
+  const uint32_t loaded_before = traffic.loaded.load();
+  EXPECT_TRUE(Eventually([&] { return traffic.loaded.load() >= loaded_before + 5; }, std::chrono::seconds(30)));
+  traffic.Stop();
+  EXPECT_EQ(traffic.wrong.load(), 0u) << "a load reported chunks whose bytes were wrong";
+  EXPECT_EQ(traffic.stuck.load(), 0u) << "a save or load ran past its wait";
 
   // The old handle works on the new daemon.
-  ASSERT_TRUE(SavePrompt(c, *ns, e, 99, 3, 100).ok());
+  ASSERT_TRUE(SavePrompt(c, *ns, e, 99, 3, 100, kWait).ok());
   uint32_t done = 0;
   bool intact = false;
-  ASSERT_TRUE(LoadPrompt(c, *ns, e, 99, 3, 150, &done, &intact).ok());
+  ASSERT_TRUE(LoadPrompt(c, *ns, e, 99, 3, 150, kWait, &done, &intact).ok());
   EXPECT_EQ(done, 3u);
   EXPECT_TRUE(intact);
   Result<std::vector<NamespaceInfo>> list = c.ListNamespaces();
@@ -857,7 +730,7 @@ TEST(Daemon, KilledDaemonFailsCallsFastAndTheClientComesBackByItself) {
   EXPECT_EQ((*list)[0].registrations, 1u);
   EXPECT_TRUE(c.Close().ok());
   ::kill(daemon, SIGKILL);
-  EXPECT_EQ(WaitChild(daemon, std::chrono::seconds(10)), 128 + SIGKILL);
+  EXPECT_EQ(WaitExit(daemon, std::chrono::seconds(10)), 128 + SIGKILL);
 }
 
 // ---- the wire format ---------------------------------------------------------------------
@@ -1077,15 +950,15 @@ TEST(DaemonLoad, ProcessesAndThreadsMixLookupsSavesAndLoads) {
   ASSERT_TRUE(d.server);
   std::vector<pid_t> pids;
   for (uint32_t i = 0; i < kProcesses; ++i) {
-    const pid_t pid = Spawn("load", d.socket, i + 1,
-                            {"KVTIER_DAEMON_TEST_SECONDS=" + std::to_string(seconds),
-                             "KVTIER_DAEMON_TEST_THREADS=" + std::to_string(kThreads),
-                             "KVTIER_DAEMON_TEST_OUT=" + d.dir.File("load-" + std::to_string(i + 1))});
+    const pid_t pid = SpawnRole("load", d.socket, i + 1,
+                                {"KVTIER_DAEMON_TEST_SECONDS=" + std::to_string(seconds),
+                                 "KVTIER_DAEMON_TEST_THREADS=" + std::to_string(kThreads),
+                                 "KVTIER_DAEMON_TEST_OUT=" + d.dir.File("load-" + std::to_string(i + 1))});
     ASSERT_GT(pid, 0);
     pids.push_back(pid);
   }
   const auto limit = std::chrono::seconds(static_cast<int64_t>(seconds) + 120);
-  for (pid_t pid : pids) EXPECT_EQ(WaitChild(pid, limit), 0) << "load process " << pid << " (its stderr says why)";
+  for (pid_t pid : pids) EXPECT_EQ(WaitExit(pid, limit), 0) << "load process " << pid << " (its stderr says why)";
   uint64_t total[7] = {};
   for (uint32_t i = 0; i < kProcesses; ++i) {
     FILE* f = std::fopen(d.dir.File("load-" + std::to_string(i + 1)).c_str(), "r");

@@ -5,19 +5,14 @@
 // The NVMe files go under $KVTIER_TEST_DIR, else under the build directory: O_DIRECT needs
 // a block-backed filesystem, and /tmp may be tmpfs. Sockets go under /tmp (a short path).
 // Metrics are off, so that runs in parallel never compete for a port.
-#include <errno.h>
-#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <chrono>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -27,47 +22,32 @@
 #include <vector>
 
 #include "kvtier/store.h"
+#include "tests/daemon_harness.h"
 #include "tests/temp_dir.h"
 #include "tests/test_engine.h"
-
-extern char** environ;
 
 namespace kvtier {
 namespace {
 
 using test::Blocks;
-using test::FillPrompt;
-using test::HoldsPrompt;
-using test::KeysOf;
+using test::ClientConfig;
+using test::ConnectWithin;
+using test::Eventually;
+using test::kBlockTokens;
+using test::kBpc;
+using test::kChunkTokens;
+using test::kEngineBlocks;
+using test::LoadPrompt;
 using test::Prompt;
+using test::SavePrompt;
+using test::Shape;
+using test::Spec;
 using test::TestEngine;
 using Clock = std::chrono::steady_clock;
 
-constexpr uint32_t kChunkTokens = 16;
-constexpr uint32_t kBlockTokens = 4;
-constexpr uint32_t kBpc = kChunkTokens / kBlockTokens;
-constexpr uint32_t kEngineBlocks = 256;
 constexpr std::chrono::seconds kWait{10};
 const char* const kTokenA = "token-of-tenant-a-0123456789";
 const char* const kTokenB = "token-of-tenant-b-0123456789";
-
-KvShape Shape() {
-  KvShape s;
-  s.num_layers = 3;
-  s.num_kv_heads = 2;
-  s.head_dim = 32;
-  s.dtype = DType::kFloat16;
-  s.chunk_tokens = kChunkTokens;
-  return s;
-}
-
-NamespaceSpec Spec(const std::string& model = "acme/llama-test") {
-  NamespaceSpec n;
-  n.model.name = model;
-  n.model.revision = "r1";
-  n.shape = Shape();
-  return n;
-}
 
 std::string ScratchRoot() {
   const char* v = std::getenv("KVTIER_TEST_DIR");
@@ -100,52 +80,25 @@ class Kvtierd {
     }
   }
 
-  // Starts kvtierd with `args`; stdout and stderr go to out_path and err_path.
+  // Starts kvtierd with `args`; stdout goes to out_path, stderr is appended to err_path.
   // `env` is added to this process's environment, whose KVTIERD_* variables are left out.
   bool Start(const std::vector<std::string>& args, const std::string& out_path, const std::string& err_path,
              const std::vector<std::string>& env = {}) {
     err_path_ = err_path;
-    std::vector<std::string> argv_s = {KVTIERD_PATH};
-    argv_s.insert(argv_s.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (std::string& a : argv_s) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    std::vector<std::string> env_s;
-    for (char** e = environ; *e != nullptr; ++e)
-      if (std::strncmp(*e, "KVTIERD_", 8) != 0) env_s.emplace_back(*e);  // the test's config alone
-    env_s.insert(env_s.end(), env.begin(), env.end());
-    std::vector<char*> envp;
-    for (std::string& e : env_s) envp.push_back(e.data());
-    envp.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    const int r = ::posix_spawn(&pid_, KVTIERD_PATH, &actions, nullptr, argv.data(), envp.data());
-    posix_spawn_file_actions_destroy(&actions);
-    if (r != 0) pid_ = -1;
-    return r == 0;
+    test::SpawnOptions options;
+    options.env = env;
+    options.drop_env_prefix = "KVTIERD_";  // the test's config alone
+    options.out.path = out_path;
+    options.err = {err_path, /*append=*/true};
+    pid_ = test::Spawn(KVTIERD_PATH, args, options);
+    return pid_ > 0;
   }
 
   // The exit status (128 + signal when killed), or -1 when it runs past `limit` (then it is killed).
   int Wait(std::chrono::milliseconds limit) {
-    const Clock::time_point end = Clock::now() + limit;
-    for (;;) {
-      int st = 0;
-      const pid_t r = ::waitpid(pid_, &st, WNOHANG);
-      if (r == pid_) {
-        pid_ = -1;
-        return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-      }
-      if (r < 0 && errno != EINTR) return -1;
-      if (Clock::now() > end) {
-        ::kill(pid_, SIGKILL);
-        (void)::waitpid(pid_, &st, 0);
-        pid_ = -1;
-        return -1;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
+    const int code = test::WaitExit(pid_, limit);
+    pid_ = -1;
+    return code;
   }
 
   bool Signal(int sig) { return pid_ > 0 && ::kill(pid_, sig) == 0; }
@@ -210,60 +163,6 @@ struct Dirs {
   test::TempDir sockets{"/tmp"};
   std::string socket() const { return sockets.File("kvtierd.sock"); }
 };
-
-DaemonClientConfig Client(const std::string& socket, const std::string& tenant, const std::string& token) {
-  DaemonClientConfig c;
-  c.address = "unix:" + socket;
-  c.tenant = tenant;
-  c.token = token;
-  c.connections = 2;
-  c.worker_threads = 2;
-  c.timeout = std::chrono::milliseconds(3000);
-  return c;
-}
-
-// Connects, retrying while kvtierd is still starting.
-Result<std::unique_ptr<Store>> ConnectWithin(const DaemonClientConfig& config, std::chrono::seconds limit = kWait) {
-  const Clock::time_point end = Clock::now() + limit;
-  for (;;) {
-    Result<std::unique_ptr<Store>> c = Store::Connect(config);
-    if (c.ok() || c.status().code() != Status::Code::kUnavailable || Clock::now() > end) return c;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-}
-
-Status SavePrompt(Store& c, NamespaceHandle ns, TestEngine& e, uint32_t id, uint32_t chunks, uint32_t first) {
-  const std::vector<int32_t> tokens = Prompt(id, chunks * kChunkTokens);
-  FillPrompt(e, KeysOf(Spec(), tokens), Blocks(first, chunks * kBpc));
-  Result<Ticket> t = c.Save(ns, tokens, Blocks(first, chunks * kBpc));
-  if (!t.ok()) return t.status();
-  return t->Wait(kWait);
-}
-
-// Loads into zeroed blocks; *done chunks came, *intact says each holds exactly what was saved.
-Status LoadPrompt(Store& c, NamespaceHandle ns, TestEngine& e, uint32_t id, uint32_t chunks, uint32_t first,
-                  uint32_t* done, bool* intact) {
-  const std::vector<int32_t> tokens = Prompt(id, chunks * kChunkTokens);
-  for (uint32_t b = first; b < first + chunks * kBpc; ++b) e.Zero(b);
-  *done = 0;
-  *intact = true;
-  Result<Ticket> t = c.Load(ns, tokens, Blocks(first, chunks * kBpc));
-  if (!t.ok()) return t.status();
-  Status st = t->Wait(kWait);
-  *done = t->chunks_done();
-  *intact = HoldsPrompt(e, KeysOf(Spec(), tokens), Blocks(first, chunks * kBpc), *done);
-  return st;
-}
-
-template <typename Pred>
-bool Eventually(Pred pred, std::chrono::seconds limit = kWait) {
-  const Clock::time_point end = Clock::now() + limit;
-  while (!pred()) {
-    if (Clock::now() > end) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return true;
-}
 
 // ---- tests ---------------------------------------------------------------------------------
 
@@ -332,13 +231,13 @@ TEST(Kvtierd, SigtermFlushesToNvmeAndARestartServesTheChunks) {
     Kvtierd daemon;
     ASSERT_TRUE(daemon.Start({"--config", config}, d.data.File("out"), log));
     ASSERT_TRUE(daemon.WaitForLog("event=ready")) << daemon.Log();
-    Result<std::unique_ptr<Store>> c = ConnectWithin(Client(d.socket(), "a", kTokenA));
+    Result<std::unique_ptr<Store>> c = ConnectWithin<Store>(ClientConfig(d.socket(), "a", kTokenA));
     ASSERT_TRUE(c.ok()) << c.status().ToString();
     TestEngine e(Shape(), kBlockTokens, kEngineBlocks);
     Result<NamespaceHandle> ns = (*c)->RegisterNamespace(Spec(), e.layout);
     ASSERT_TRUE(ns.ok()) << ns.status().ToString();
     for (uint32_t p = 0; p < kPrompts; ++p)
-      ASSERT_TRUE(SavePrompt(**c, *ns, e, 10 + p, kChunks, p * kChunks * kBpc).ok());
+      ASSERT_TRUE(SavePrompt(**c, *ns, e, 10 + p, kChunks, p * kChunks * kBpc, kWait).ok());
     Result<LookupResult> l = (*c)->Lookup(*ns, Prompt(10, kChunks * kChunkTokens));
     ASSERT_TRUE(l.ok());
     ASSERT_EQ(l->cached_chunks, kChunks);
@@ -373,7 +272,7 @@ TEST(Kvtierd, SigtermFlushesToNvmeAndARestartServesTheChunks) {
   ASSERT_TRUE(again.Start({"--config", config}, d.data.File("out2"), d.data.File("kvtierd-again.log")));
   ASSERT_TRUE(again.WaitForLog("event=store_open tenant=a ")) << again.Log();
   EXPECT_NE(again.Log().find("recovered_chunks=9 "), std::string::npos) << again.Log();
-  Result<std::unique_ptr<Store>> c = ConnectWithin(Client(d.socket(), "a", kTokenA));
+  Result<std::unique_ptr<Store>> c = ConnectWithin<Store>(ClientConfig(d.socket(), "a", kTokenA));
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   TestEngine e(Shape(), kBlockTokens, kEngineBlocks);
   Result<NamespaceHandle> ns = (*c)->RegisterNamespace(Spec(), e.layout);
@@ -386,7 +285,7 @@ TEST(Kvtierd, SigtermFlushesToNvmeAndARestartServesTheChunks) {
     EXPECT_EQ(l->chunk_tiers[0], TierId::kNvme);
     uint32_t done = 0;
     bool intact = false;
-    Status st = LoadPrompt(**c, *ns, e, 10 + p, kChunks, 128 + p * kChunks * kBpc, &done, &intact);
+    Status st = LoadPrompt(**c, *ns, e, 10 + p, kChunks, 128 + p * kChunks * kBpc, kWait, &done, &intact);
     EXPECT_TRUE(st.ok()) << st.ToString();
     EXPECT_EQ(done, kChunks);
     EXPECT_TRUE(intact) << "prompt " << p << " came back with other bytes";
@@ -406,14 +305,14 @@ TEST(Kvtierd, TenantsAreIsolatedAndTokensChecked) {
   ASSERT_TRUE(daemon.Start({"--config", config}, d.data.File("out"), d.data.File("kvtierd.log")));
   ASSERT_TRUE(daemon.WaitForLog("event=ready")) << daemon.Log();
 
-  Result<std::unique_ptr<Store>> a = ConnectWithin(Client(d.socket(), "a", kTokenA));
-  Result<std::unique_ptr<Store>> b = ConnectWithin(Client(d.socket(), "b", kTokenB));
+  Result<std::unique_ptr<Store>> a = ConnectWithin<Store>(ClientConfig(d.socket(), "a", kTokenA));
+  Result<std::unique_ptr<Store>> b = ConnectWithin<Store>(ClientConfig(d.socket(), "b", kTokenB));
   ASSERT_TRUE(a.ok() && b.ok()) << a.status().ToString() << " " << b.status().ToString();
   TestEngine ea(Shape(), kBlockTokens, kEngineBlocks), eb(Shape(), kBlockTokens, kEngineBlocks);
   Result<NamespaceHandle> na = (*a)->RegisterNamespace(Spec(), ea.layout);
   Result<NamespaceHandle> nb = (*b)->RegisterNamespace(Spec(), eb.layout);
   ASSERT_TRUE(na.ok() && nb.ok());
-  ASSERT_TRUE(SavePrompt(**a, *na, ea, 7, 3, 0).ok());
+  ASSERT_TRUE(SavePrompt(**a, *na, ea, 7, 3, 0, kWait).ok());
 
   const std::vector<int32_t> tokens = Prompt(7, 3 * kChunkTokens);
   Result<LookupResult> la = (*a)->Lookup(*na, tokens);
@@ -423,7 +322,7 @@ TEST(Kvtierd, TenantsAreIsolatedAndTokensChecked) {
   EXPECT_EQ(lb->cached_chunks, 0u) << "tenant b sees tenant a's chunks";
   uint32_t done = 0;
   bool intact = false;
-  EXPECT_EQ(LoadPrompt(**b, *nb, eb, 7, 3, 100, &done, &intact).code(), Status::Code::kNotFound);
+  EXPECT_EQ(LoadPrompt(**b, *nb, eb, 7, 3, 100, kWait, &done, &intact).code(), Status::Code::kNotFound);
   EXPECT_EQ(done, 0u);
   for (uint32_t blk = 100; blk < 100 + 3 * kBpc; ++blk) EXPECT_TRUE(eb.IsZero(blk));
   EXPECT_EQ((*b)->Stats().saved_chunks, 0u);
@@ -436,11 +335,11 @@ TEST(Kvtierd, TenantsAreIsolatedAndTokensChecked) {
   // Tenant a may register only acme/ models.
   EXPECT_EQ((*a)->RegisterNamespace(Spec("other/model"), ea.layout).status().code(), Status::Code::kPermissionDenied);
   // Wrong tokens, another tenant's token, an unknown tenant, no tenant (no anonymous one).
-  EXPECT_EQ(Store::Connect(Client(d.socket(), "a", "not-the-token-of-a-at-all")).status().code(),
+  EXPECT_EQ(Store::Connect(ClientConfig(d.socket(), "a", "not-the-token-of-a-at-all")).status().code(),
             Status::Code::kPermissionDenied);
-  EXPECT_EQ(Store::Connect(Client(d.socket(), "a", kTokenB)).status().code(), Status::Code::kPermissionDenied);
-  EXPECT_EQ(Store::Connect(Client(d.socket(), "zz", kTokenA)).status().code(), Status::Code::kPermissionDenied);
-  EXPECT_EQ(Store::Connect(Client(d.socket(), "", "")).status().code(), Status::Code::kPermissionDenied);
+  EXPECT_EQ(Store::Connect(ClientConfig(d.socket(), "a", kTokenB)).status().code(), Status::Code::kPermissionDenied);
+  EXPECT_EQ(Store::Connect(ClientConfig(d.socket(), "zz", kTokenA)).status().code(), Status::Code::kPermissionDenied);
+  EXPECT_EQ(Store::Connect(ClientConfig(d.socket(), "", "")).status().code(), Status::Code::kPermissionDenied);
 
   // A second kvtierd on the same config is refused (its files are in use), and the first
   // one serves on.
@@ -466,12 +365,12 @@ TEST(Kvtierd, TheAnonymousTenantFromFlagsAndEnvironment) {
                            {"KVTIERD_SOCKET=" + d.socket(), "KVTIERD_HOST__CAPACITY=4GiB"}));
   ASSERT_TRUE(daemon.WaitForLog("event=ready")) << daemon.Log();
   EXPECT_NE(daemon.Log().find("event=store_open tenant=\"\" host_capacity=8MiB "), std::string::npos) << daemon.Log();
-  Result<std::unique_ptr<Store>> c = ConnectWithin(Client(d.socket(), "", ""));
+  Result<std::unique_ptr<Store>> c = ConnectWithin<Store>(ClientConfig(d.socket(), "", ""));
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   TestEngine e(Shape(), kBlockTokens, kEngineBlocks);
   Result<NamespaceHandle> ns = (*c)->RegisterNamespace(Spec("any/model"), e.layout);
   ASSERT_TRUE(ns.ok()) << ns.status().ToString();
-  EXPECT_EQ(Store::Connect(Client(d.socket(), "a", kTokenA)).status().code(), Status::Code::kPermissionDenied);
+  EXPECT_EQ(Store::Connect(ClientConfig(d.socket(), "a", kTokenA)).status().code(), Status::Code::kPermissionDenied);
   EXPECT_TRUE((*c)->Close().ok());
   ASSERT_TRUE(daemon.Signal(SIGTERM));
   EXPECT_EQ(daemon.Wait(std::chrono::seconds(15)), 0) << daemon.Log();
@@ -488,7 +387,7 @@ TEST(Kvtierd, SigkillMidTrafficFailsFastAndRestartServesAgain) {
   auto daemon = std::make_unique<Kvtierd>();
   ASSERT_TRUE(daemon->Start({"--config", config}, d.data.File("out"), log));
   ASSERT_TRUE(daemon->WaitForLog("event=ready")) << daemon->Log();
-  Result<std::unique_ptr<Store>> cr = ConnectWithin(Client(d.socket(), "a", kTokenA));
+  Result<std::unique_ptr<Store>> cr = ConnectWithin<Store>(ClientConfig(d.socket(), "a", kTokenA));
   ASSERT_TRUE(cr.ok()) << cr.status().ToString();
   Store& c = **cr;
   TestEngine e(Shape(), kBlockTokens, kEngineBlocks);
@@ -496,27 +395,8 @@ TEST(Kvtierd, SigkillMidTrafficFailsFastAndRestartServesAgain) {
   ASSERT_TRUE(ns.ok()) << ns.status().ToString();
 
   // Save a prompt, load it back, over and over; every chunk a load reports is checked.
-  std::atomic<bool> stop{false};
-  std::atomic<uint32_t> loaded{0}, failed{0}, wrong{0}, stuck{0};
-  std::thread traffic([&] {
-    for (uint32_t i = 0; !stop.load(); ++i) {
-      const uint32_t id = 500 + i;
-      Status s = SavePrompt(c, *ns, e, id, 2, 0);
-      if (s.code() == Status::Code::kTimedOut) ++stuck;
-      uint32_t done = 0;
-      bool intact = true;
-      Status l = LoadPrompt(c, *ns, e, id, 2, 32, &done, &intact);
-      if (l.code() == Status::Code::kTimedOut) ++stuck;
-      if (!intact) ++wrong;
-      if (l.ok() && done == 2) {
-        ++loaded;
-      } else {
-        ++failed;
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      }
-    }
-  });
-  EXPECT_TRUE(Eventually([&] { return loaded.load() >= 5; }));
+  test::SaveLoadTraffic traffic(c, *ns, e, kWait);
+  EXPECT_TRUE(Eventually([&] { return traffic.loaded.load() >= 5; }));
   ASSERT_TRUE(daemon->Signal(SIGKILL));
   EXPECT_EQ(daemon->Wait(std::chrono::seconds(10)), 128 + SIGKILL);
 
@@ -527,19 +407,18 @@ TEST(Kvtierd, SigkillMidTrafficFailsFastAndRestartServesAgain) {
     EXPECT_LT(Clock::now() - t0, std::chrono::milliseconds(500));
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  const uint32_t failed_before = failed.load();
-  EXPECT_TRUE(Eventually([&] { return failed.load() > failed_before + 3; })) << "traffic is not failing fast";
+  const uint32_t failed_before = traffic.failed.load();
+  EXPECT_TRUE(Eventually([&] { return traffic.failed.load() > failed_before + 3; })) << "traffic is not failing fast";
 
   // The same config again (the stale socket file is replaced): the client comes back by itself.
   daemon = std::make_unique<Kvtierd>();
   ASSERT_TRUE(daemon->Start({"--config", config}, d.data.File("out2"), log));
   EXPECT_TRUE(Eventually([&] { return c.Lookup(*ns, Prompt(1, kChunkTokens)).ok(); })) << daemon->Log();
-  const uint32_t loaded_before = loaded.load();
-  EXPECT_TRUE(Eventually([&] { return loaded.load() >= loaded_before + 5; })) << daemon->Log();
-  stop = true;
-  traffic.join();
-  EXPECT_EQ(wrong.load(), 0u) << "a load reported chunks whose bytes were wrong";
-  EXPECT_EQ(stuck.load(), 0u) << "a save or load ran past its wait";
+  const uint32_t loaded_before = traffic.loaded.load();
+  EXPECT_TRUE(Eventually([&] { return traffic.loaded.load() >= loaded_before + 5; })) << daemon->Log();
+  traffic.Stop();
+  EXPECT_EQ(traffic.wrong.load(), 0u) << "a load reported chunks whose bytes were wrong";
+  EXPECT_EQ(traffic.stuck.load(), 0u) << "a save or load ran past its wait";
   EXPECT_TRUE(c.Close().ok());
   ASSERT_TRUE(daemon->Signal(SIGTERM));
   EXPECT_EQ(daemon->Wait(std::chrono::seconds(15)), 0) << daemon->Log();
@@ -555,37 +434,14 @@ namespace {
 // Runs the kvtier CLI to its end (20 s at most): exit status, stdout, stderr.
 Ran RunCli(const std::string& dir, const std::vector<std::string>& args) {
   Ran r;
-  const std::string out = dir + "/cli.out", err = dir + "/cli.err";
-  std::vector<std::string> argv_s = {KVTIER_CLI_PATH};
-  argv_s.insert(argv_s.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : argv_s) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid = -1;
-  const int rc = ::posix_spawn(&pid, KVTIER_CLI_PATH, &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) return r;
-  const Clock::time_point end = Clock::now() + std::chrono::seconds(20);
-  for (;;) {
-    int st = 0;
-    const pid_t w = ::waitpid(pid, &st, WNOHANG);
-    if (w == pid) {
-      r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-      break;
-    }
-    if (Clock::now() > end) {
-      ::kill(pid, SIGKILL);
-      (void)::waitpid(pid, &st, 0);
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  r.out = ReadFile(out);
-  r.err = ReadFile(err);
+  test::SpawnOptions options;
+  options.out.path = dir + "/cli.out";
+  options.err.path = dir + "/cli.err";
+  const pid_t pid = test::Spawn(KVTIER_CLI_PATH, args, options);
+  if (pid < 0) return r;
+  r.code = test::WaitExit(pid, std::chrono::seconds(20));
+  r.out = ReadFile(options.out.path);
+  r.err = ReadFile(options.err.path);
   return r;
 }
 
@@ -599,12 +455,12 @@ TEST(Kvtierd, CliLsAndStatsTalkToTheDaemon) {
   Kvtierd daemon;
   ASSERT_TRUE(daemon.Start({"--config", config}, d.data.File("out"), d.data.File("kvtierd.log")));
   ASSERT_TRUE(daemon.WaitForLog("event=ready")) << daemon.Log();
-  Result<std::unique_ptr<Store>> a = ConnectWithin(Client(d.socket(), "a", kTokenA));
+  Result<std::unique_ptr<Store>> a = ConnectWithin<Store>(ClientConfig(d.socket(), "a", kTokenA));
   ASSERT_TRUE(a.ok()) << a.status().ToString();
   TestEngine e(Shape(), kBlockTokens, kEngineBlocks);
   Result<NamespaceHandle> ns = (*a)->RegisterNamespace(Spec(), e.layout);
   ASSERT_TRUE(ns.ok());
-  ASSERT_TRUE(SavePrompt(**a, *ns, e, 11, 3, 0).ok());
+  ASSERT_TRUE(SavePrompt(**a, *ns, e, 11, 3, 0, kWait).ok());
 
   const std::string address = "unix:" + d.socket();
   Ran ls = RunCli(d.data.path(), {"ls", "--daemon", address, "--tenant", "a", "--token", kTokenA, "--json"});

@@ -12,9 +12,9 @@
 #include "index/chunk_key.h"
 #include "kernels/mover.h"
 #include "kvtier/store.h"
+#include "tests/daemon_harness.h"
 #include "tests/temp_dir.h"
 #include "tests/test_engine.h"
-#include "tiers/chunk_format.h"
 
 #if defined(__SANITIZE_THREAD__)
 extern "C" __attribute__((visibility("default"), used)) const char* __tsan_default_options() {
@@ -28,43 +28,19 @@ namespace {
 using test::Blocks;
 using test::FillPrompt;
 using test::HoldsPrompt;
+using test::kBlockTokens;
+using test::kBpc;
+using test::kChunkTokens;
 using test::KeysOf;
 using test::Prompt;
+using test::Shape;
+using test::SharedHostConfig;
+using test::SlotBytes;
 using test::TestEngine;
 
-constexpr uint32_t kChunkTokens = 16;
-constexpr uint32_t kBlockTokens = 4;
-constexpr uint32_t kBpc = kChunkTokens / kBlockTokens;
-constexpr uint32_t kLayers = 3;
 constexpr std::chrono::seconds kTimeout{30};
 
-KvShape Shape() {
-  KvShape s;
-  s.num_layers = kLayers;
-  s.num_kv_heads = 2;
-  s.head_dim = 32;
-  s.dtype = DType::kFloat16;
-  s.chunk_tokens = kChunkTokens;
-  return s;
-}
-
-NamespaceSpec Spec() {
-  NamespaceSpec n;
-  n.model.name = "test/lease";
-  n.model.revision = "r1";
-  n.shape = Shape();
-  return n;
-}
-
-uint64_t SlotBytes() { return kChunkPayloadOffset + ((ChunkPayloadBytes(Shape()) + 4095) / 4096 * 4096); }
-
-StoreConfig Config(uint64_t host_chunks) {
-  StoreConfig c;
-  c.host_capacity_bytes = host_chunks * SlotBytes();
-  c.huge_pages = HugePages::kOff;
-  c.shared_host_region = true;
-  return c;
-}
+NamespaceSpec Spec() { return test::Spec("test/lease"); }
 
 // The client's view: its own mapping of the region and its own Mover.
 struct Client {
@@ -100,7 +76,7 @@ struct Client {
 };
 
 TEST(Lease, SaveThroughTheSharedRegionLoadsLikeAnySave) {
-  Result<std::unique_ptr<Store>> s = Store::Open(Config(32));
+  Result<std::unique_ptr<Store>> s = Store::Open(SharedHostConfig(32));
   ASSERT_TRUE(s.ok()) << s.status().ToString();
   Result<SharedRegion> region = (*s)->SharedHostRegion();
   ASSERT_TRUE(region.ok()) << region.status().ToString();
@@ -141,7 +117,7 @@ TEST(Lease, SaveThroughTheSharedRegionLoadsLikeAnySave) {
 }
 
 TEST(Lease, LoadLeasePinsAndReadsBack) {
-  Result<std::unique_ptr<Store>> s = Store::Open(Config(8));
+  Result<std::unique_ptr<Store>> s = Store::Open(SharedHostConfig(8));
   ASSERT_TRUE(s.ok());
   Result<SharedRegion> region = (*s)->SharedHostRegion();
   ASSERT_TRUE(region.ok());
@@ -188,7 +164,7 @@ TEST(Lease, LoadLeasePinsAndReadsBack) {
 }
 
 TEST(Lease, PartialCommitAbortAndCloseWithLeasesOut) {
-  Result<std::unique_ptr<Store>> s = Store::Open(Config(16));
+  Result<std::unique_ptr<Store>> s = Store::Open(SharedHostConfig(16));
   ASSERT_TRUE(s.ok());
   Result<SharedRegion> region = (*s)->SharedHostRegion();
   ASSERT_TRUE(region.ok());
@@ -232,7 +208,7 @@ TEST(Lease, PartialCommitAbortAndCloseWithLeasesOut) {
 
 TEST(Lease, FlushWritesHostOnlyChunksToNvmeAndListCounts) {
   test::TempDir dir;
-  StoreConfig c = Config(64);
+  StoreConfig c = SharedHostConfig(64);
   c.shared_host_region = false;
   c.nvme.enabled = true;
   c.nvme.paths = {dir.path() + "/data"};
@@ -282,7 +258,7 @@ TEST(Lease, FlushWritesHostOnlyChunksToNvmeAndListCounts) {
 }
 
 TEST(Lease, FlushWithoutNvmeIsNotSupported) {
-  Result<std::unique_ptr<Store>> s = Store::Open(Config(8));
+  Result<std::unique_ptr<Store>> s = Store::Open(SharedHostConfig(8));
   ASSERT_TRUE(s.ok());
   EXPECT_EQ((*s)->Flush().status().code(), Status::Code::kNotSupported);
 }
