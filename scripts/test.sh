@@ -6,7 +6,15 @@
 #   tsan     ThreadSanitizer (build-tsan/)
 #   fuzz     clang libFuzzer targets, each run for KVTIER_FUZZ_SECONDS (default 30) (build-fuzz/)
 #   python   the Python package and the transformers end-to-end tests, in a venv (build-python/)
-# Usage: scripts/test.sh [stage ...]     (default: all five, in that order)
+#   vllm     the vLLM connector's tests, in a venv with the pinned vLLM (scripts/vllm_env.sh:
+#            build-vllm/venv, about 8.5 GB)
+#   sglang   the SGLang backend's tests, in a venv with the pinned SGLang (scripts/sglang_env.sh:
+#            build-sglang/venv, about 6 GB)
+#   In these two stages a test module that cannot import its engine fails instead of skipping
+#   (KVTIER_REQUIRE_ENGINE).
+# Usage: scripts/test.sh [stage ...]
+#   default: release asan tsan fuzz python, in that order; with CI=true (.ci/run) also
+#   vllm sglang after them
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -17,7 +25,10 @@ export KVTIER_TEST_DIR=${KVTIER_TEST_DIR:-$root/build-test-files}
 mkdir -p "$KVTIER_TEST_DIR"
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(release asan tsan fuzz python)
+if [ ${#stages[@]} -eq 0 ]; then
+  stages=(release asan tsan fuzz python)
+  [ "${CI:-}" != true ] || stages+=(vllm sglang)
+fi
 jobs=$(nproc)
 fuzz_seconds=${KVTIER_FUZZ_SECONDS:-30}
 
@@ -74,7 +85,20 @@ for stage in "${stages[@]}"; do
       "$venv/bin/pip" install -q --disable-pip-version-check ./python
       echo "=== python: test"
       "$venv/bin/pytest" -q python/tests ;;
-    *) echo "unknown stage '$stage' (release, asan, tsan, fuzz, python)" >&2; exit 2 ;;
+    vllm|sglang)
+      # The engine's pinned venv inside the checkout, made (or updated: pip skips what is
+      # there) by its env script, which builds kvtier in build-$stage/{wheel_tag}.
+      venv=$root/build-$stage/venv
+      case "$stage" in
+        vllm) tests=python/tests/test_vllm_connector.py ;;
+        sglang) tests=python/tests/test_sglang_backend.py ;;
+      esac
+      echo "=== $stage: install (venv $venv)"
+      bash "scripts/${stage}_env.sh" "$venv"
+      echo "=== $stage: venv $(du -sh "$venv" | cut -f1)"
+      echo "=== $stage: test"
+      KVTIER_REQUIRE_ENGINE=$stage "$venv/bin/python" -m pytest -q -rs "$tests" ;;
+    *) echo "unknown stage '$stage' (release, asan, tsan, fuzz, python, vllm, sglang)" >&2; exit 2 ;;
   esac
   echo "=== $stage: passed in $(( $(date +%s) - t0 ))s"
 done
