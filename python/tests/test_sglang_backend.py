@@ -328,3 +328,31 @@ def test_daemon_address_without_daemon_is_a_clear_error():
     config = storage_config(kvtier_options={"address": "unix:/nonexistent/kvtierd.sock", "timeout_ms": 200})
     with pytest.raises(kvtier.Error, match="kvtierd|daemon|address"):
         KVTierStorage(config, {})
+
+
+def test_two_ranks_share_pages_through_kvtierd():
+    """Daemon mode: two backends (as two SGLang ranks or instances would be) each with their
+    own connection to one kvtierd; pages one saves, the other finds and loads bit-exact."""
+    from kvtier.daemon import Daemon
+
+    with Daemon(allow_anonymous=True, **{"host.capacity": "32MiB", "host.huge_pages": "off",
+                                         "host.prefault": False}) as d:
+        options = {"address": d.address, "timeout_ms": 5000}
+        pool_a, pool_b = mha_pool("page_first", seed=3), mha_pool("page_first", seed=4)
+        a = KVTierStorage(storage_config(kvtier_options=options), {})
+        a.register_mem_pool_host(pool_a)
+        b = KVTierStorage(storage_config(kvtier_options=options), {})
+        b.register_mem_pool_host(pool_b)
+        assert a.store is not b.store
+        keys = page_keys(list(range(7000, 7000 + 3 * PAGE)))
+        expected = [page_kv(pool_a, p).clone() for p in (1, 2, 3)]
+        assert b.batch_exists(keys) == 0
+        assert a.batch_set_v1(keys, host_indices([1, 2, 3])) == [True] * 3
+        assert b.batch_exists(keys) == 3
+        assert b.batch_get_v1(keys, host_indices([10, 11, 12])) == [True] * 3
+        for p, want in zip((10, 11, 12), expected):
+            assert same_bytes(page_kv(pool_b, p), want)
+        assert b.store.stats()["saved_chunks"] == 3  # the daemon's counters
+        a.close()
+        b.close()
+        assert d.stop() == 0

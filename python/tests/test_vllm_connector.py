@@ -487,3 +487,52 @@ def test_unreachable_daemon_is_an_error(model_dir):
     config = make_config(model_dir, extra={"kvtier.daemon": "unix:/nonexistent/kvtierd.sock"})
     with pytest.raises(kvtier.Error, match="kvtier.daemon unix:/nonexistent/kvtierd.sock"):
         KVTierConnector(config, KVConnectorRole.WORKER, kv_cache_config(config))
+
+
+# ---- through kvtierd ---------------------------------------------------------------------
+
+
+def _run_engine_child(model_dir, address, salt, tokens):
+    """In a child process: an engine (scheduler and worker) that runs one request through
+    kvtierd, so its chunks are saved into the daemon's cache."""
+    init_none_hash(sha256)
+    a = Engine(make_config(model_dir, salt=salt, extra={"kvtier.daemon": address}))
+    a.add(tokens)
+    a.run()
+    saved = a.stats()["saved_chunks"]
+    a.close()
+    assert saved >= 3, saved
+
+
+def test_engines_in_two_processes_share_kv_through_kvtierd(model_dir, engines):
+    """vLLM's multi-process layout: one engine in another process saves a prompt's KV through
+    kvtierd; an engine here (its own scheduler and worker, zeroed KV) finds it from its
+    scheduler and loads it bit-exact into its blocks."""
+    import os
+    import subprocess
+    import sys
+
+    from kvtier.daemon import Daemon
+
+    with Daemon(allow_anonymous=True, **{"host.capacity": "32MiB", "host.huge_pages": "off",
+                                         "host.prefault": False}) as d:
+        salt = f"test-{next(_salts)}"
+        tokens = prompt(100, 21)
+        here = os.path.dirname(os.path.abspath(__file__))
+        code = (f"import sys; sys.path.insert(0, {here!r}); import test_vllm_connector as t; "
+                f"t._run_engine_child({model_dir!r}, {d.address!r}, {salt!r}, {tokens!r})")
+        child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+        assert child.returncode == 0, child.stderr[-4000:]
+
+        b = Engine(make_config(model_dir, salt=salt, extra={"kvtier.daemon": d.address}))
+        engines.append(b)
+        req = b.add(tokens)
+        out = b.step()
+        assert out.num_scheduled_tokens[req.request_id] == 100 - 96, "the 96 cached tokens were computed again"
+        assert b.load_errors[-1] == set()
+        b.assert_kv(req, 100)
+        s = b.stats()  # the daemon's counters: the child's save and this load
+        assert s["saved_chunks"] >= 3 and s["loaded_chunks"] >= 3
+        engines.remove(b)
+        b.close()
+        assert d.stop() == 0
