@@ -236,8 +236,13 @@ struct Store::Impl {
   }
   void SaveToRedis(NamespaceState& ns, std::span<const ChunkKey> keys);
   void DemoteToRedis(std::unique_lock<std::mutex>& placement, NamespaceState& ns, const ChunkKey& key);
+  // Called with (key index, host slot) for each chunk of a batch's leading run of verified
+  // chunks, as soon as its bytes are checked in its slot and while the rest of the batch is
+  // still arriving (Redis only). A chunk after one that failed is not passed.
+  using EarlyChunk = std::function<void(size_t, SlotId)>;
   size_t FetchFromRedis(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t from, size_t to,
-                        std::vector<SlotId>* slots, Status* st, std::optional<ChunkKey>* gone);
+                        std::vector<SlotId>* slots, Status* st, std::optional<ChunkKey>* gone,
+                        const EarlyChunk* early);
   size_t FetchFromNvme(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t from, size_t to,
                        std::vector<SlotId>* slots, Status* st, std::optional<ChunkKey>* gone);
   std::optional<TierId> SourceTier(NamespaceState& ns, const ChunkKey& key) const;
@@ -272,9 +277,12 @@ struct Store::Impl {
     std::optional<ChunkKey> corrupt, lost_on_nvme, lost_on_redis;  // to settle once unpinned
     uint64_t promoted = 0;                                 // chunks it read into host
   };
-  // From chunk `first` on (the ones before are had elsewhere: HBM).
+  // From chunk `first` on (the ones before are had elsewhere: HBM). `early`, when given,
+  // sees the chunks fetched from Redis as FetchFromRedis describes: every chunk before
+  // them is in the run too, so they are in what BringUp returns unless publishing fails.
   std::vector<SlotId> BringUp(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t matched,
-                              const std::function<bool()>& stop, BringUpResult* out, size_t first = 0);
+                              const std::function<bool()>& stop, BringUpResult* out, size_t first = 0,
+                              const EarlyChunk* early = nullptr);
   void SettleBringUp(NamespaceState& ns, const BringUpResult& b);
   // A lease (kvtier/store.h): what it pins and holds until it ends.
   struct Lease {
@@ -854,7 +862,8 @@ size_t Store::Impl::FetchFromNvme(NamespaceState& ns, const std::vector<ChunkKey
 // *slots (not published), the rest are freed. *st says why the run stopped early, and
 // *gone names the chunk Redis no longer holds intact, if that was why.
 size_t Store::Impl::FetchFromRedis(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t from, size_t to,
-                                   std::vector<SlotId>* slots, Status* st, std::optional<ChunkKey>* gone) {
+                                   std::vector<SlotId>* slots, Status* st, std::optional<ChunkKey>* gone,
+                                   const EarlyChunk* early) {
   AllocateSlots(ns, to - from, slots, st);
   std::vector<RedisGetItem> items(slots->size());
   for (size_t j = 0; j < items.size(); ++j) {
@@ -863,7 +872,20 @@ size_t Store::Impl::FetchFromRedis(NamespaceState& ns, const std::vector<ChunkKe
     items[j].id = ChunkIdentity{ns.id, keys[from + j], ns.spec.shape};
     items[j].dst = std::span<uint8_t>(page + kChunkPayloadOffset, ns.payload_bytes);
   }
-  if (!items.empty()) redis->Get(items, RedisDeadline{});
+  if (!items.empty()) {
+    std::function<void(size_t)> verified;
+    size_t next = 0;  // only the batch's leading run: nothing past a chunk that failed
+    if (early != nullptr && *early)
+      verified = [&](size_t j) {
+        if (j != next) {
+          next = SIZE_MAX;
+          return;
+        }
+        ++next;
+        (*early)(from + j, (*slots)[j]);
+      };
+    redis->Get(items, RedisDeadline{}, verified);
+  }
   size_t ok = 0;
   while (ok < items.size() && items[ok].result == RedisItemResult::kOk) ++ok;
   if (ok < items.size()) {
@@ -1062,7 +1084,8 @@ void Store::Impl::SaveChunks(Registration& r, const std::vector<ChunkKey>& keys,
 // checked against the chunk it should hold. Stops at the first chunk that cannot be had,
 // or when stop() says so; returns the slots of the leading chunks it got.
 std::vector<SlotId> Store::Impl::BringUp(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t matched,
-                                         const std::function<bool()>& stop, BringUpResult* out, size_t first) {
+                                         const std::function<bool()>& stop, BringUpResult* out, size_t first,
+                                         const EarlyChunk* early) {
   const ChunkIdentity identity{ns.id, {}, ns.spec.shape};
   std::vector<SlotId> slots;
   slots.reserve(matched);
@@ -1114,7 +1137,7 @@ std::vector<SlotId> Store::Impl::BringUp(NamespaceState& ns, const std::vector<C
       const auto t0 = std::chrono::steady_clock::now();
       const size_t got = *tier == TierId::kNvme
                              ? FetchFromNvme(ns, keys, i, to, &batch_slots, &out->status, &out->lost_on_nvme)
-                             : FetchFromRedis(ns, keys, i, to, &batch_slots, &out->status, &out->lost_on_redis);
+                             : FetchFromRedis(ns, keys, i, to, &batch_slots, &out->status, &out->lost_on_redis, early);
       if (got > 0) rates.Observe(*tier, got * ns.payload_bytes, SecondsSince(t0));
       Release(std::span<const ChunkKey>(keys.data() + i + got, to - i - got));
       batch_begin = i;
@@ -1201,7 +1224,21 @@ void Store::Impl::RunLoad(Registration& r, const std::vector<ChunkKey>& keys, si
   }
   const size_t first = payloads.size();
   BringUpResult b;
-  std::vector<SlotId> slots = BringUp(ns, keys, matched, [&t] { return t.cancel_requested(); }, &b, first);
+  // Host engines: a chunk from Redis is copied into the engine as soon as it is verified,
+  // while the values after it are still arriving, all layers at once (the rest go layer by
+  // layer below). What a cancel finds started completes; nothing starts after it.
+  std::vector<bool> scattered;
+  EarlyChunk early;
+  if (!r.gpu)
+    early = [&](size_t i, SlotId slot) {
+      if (t.cancel_requested()) return;
+      const Status s = r.mover->Scatter(std::span<const int32_t>(blocks).subspan(uint64_t{i} * bpc, bpc),
+                                        host->SlotAddress(slot) + kChunkPayloadOffset, ns.payload_bytes);
+      if (!s.ok()) return;  // copied again below, where a failure is reported
+      if (scattered.size() <= i) scattered.resize(i + 1, false);
+      scattered[i] = true;
+    };
+  std::vector<SlotId> slots = BringUp(ns, keys, matched, [&t] { return t.cancel_requested(); }, &b, first, &early);
   Status st = b.status.ok() ? Status::OK() : b.status.WithContext("load: ");
   uint32_t done = static_cast<uint32_t>(first + slots.size());
   if (done > 0 && t.cancel_requested()) {
@@ -1229,6 +1266,7 @@ void Store::Impl::RunLoad(Registration& r, const std::vector<ChunkKey>& keys, si
   }
   for (uint32_t l = 0; !r.gpu && l < ns.spec.shape.num_layers && done > 0; ++l) {
     for (uint32_t i = 0; i < done; ++i) {
+      if (i < scattered.size() && scattered[i]) continue;
       Status s = r.mover->Scatter(std::span<const int32_t>(blocks).subspan(uint64_t{i} * bpc, bpc),
                                  host->SlotAddress(slots[i]) + kChunkPayloadOffset, ns.payload_bytes, l, 1);
       if (!s.ok()) {  // the request was validated: this is a bug, and nothing counts as loaded

@@ -268,6 +268,60 @@ TEST(RedisTierStandalone, CorruptValueIsAMissAndIsDeleted) {
   EXPECT_EQ(server.Cli({"EXISTS", k}), "0");
 }
 
+// Large uncompressed values are read from the socket straight into the destinations; in
+// one pipeline they sit between replies the reader parses (a nil, a small value, values of
+// the wrong length), and a corrupt one is still a miss.
+TEST(RedisTierStandalone, DirectAndBufferedRepliesMixInOnePipeline) {
+  SKIP_WITHOUT_REDIS();
+  TempDir dir;
+  RedisServer server;
+  ASSERT_TRUE(server.Start(dir.path()));
+  auto tier = OpenTier(StandaloneOptions(server));
+  ASSERT_TRUE(tier);
+  // 0: 512 KiB, 1: absent, 2: 16 KiB, 3: 512 KiB with a payload byte changed, 4: 512 KiB
+  // cut short (still over the direct threshold), 5: 2 MiB, 6: 256 KiB.
+  std::vector<Chunk> c;
+  const std::vector<KvShape> shapes = {ShapeOf(8), ShapeOf(8), ShapeOf(1, 16, 2, 128), ShapeOf(8),
+                                       ShapeOf(8), ShapeOf(32), ShapeOf(4)};
+  for (size_t i = 0; i < shapes.size(); ++i) c.emplace_back(TestNs(), KeyOf(300 + i), shapes[i], 300 + i);
+  std::vector<RedisPutItem> puts;
+  for (size_t i = 0; i < c.size(); ++i)
+    if (i != 1) puts.push_back(c[i].Put());
+  ASSERT_TRUE(tier->Put(puts).ok());
+  server.Cli({"SETRANGE", tier->KeyFor(c[3].ns, c[3].key), std::to_string(kChunkHeaderBytes + 70000), "Z"});
+  const std::string k4 = tier->KeyFor(c[4].ns, c[4].key);
+  server.Cli({"EVAL", "local v = redis.call('GET', KEYS[1]); return redis.call('SET', KEYS[1], string.sub(v, 1, #v - 4096))",
+              "1", k4});
+  ASSERT_EQ(std::stoull(server.Cli({"STRLEN", k4})), kChunkHeaderBytes + c[4].payload.size() - 4096);
+  const uint64_t direct_before = tier->Stats().client.direct_replies;
+
+  std::vector<std::vector<uint8_t>> dst(c.size());
+  std::vector<RedisGetItem> gets(c.size());
+  for (size_t i = 0; i < c.size(); ++i) {
+    dst[i].assign(c[i].payload.size(), 0xAB);
+    gets[i].id = c[i].Id();
+    gets[i].dst = dst[i];
+  }
+  tier->Get(gets);
+  const RedisItemResult want[] = {RedisItemResult::kOk,         RedisItemResult::kNotFound, RedisItemResult::kOk,
+                                  RedisItemResult::kCorruption, RedisItemResult::kCorruption, RedisItemResult::kOk,
+                                  RedisItemResult::kOk};
+  for (size_t i = 0; i < c.size(); ++i) {
+    EXPECT_EQ(gets[i].result, want[i]) << i << ": " << gets[i].status.ToString();
+    if (want[i] == RedisItemResult::kOk) {
+      EXPECT_TRUE(dst[i] == c[i].payload) << "chunk " << i << " differs";
+    }
+  }
+  EXPECT_NE(gets[3].status.message().find("checksum"), std::string::npos) << gets[3].status.ToString();
+  // 0, 3, 5 and 6 came straight from the socket; 2 (small) and 4 (wrong length) through the reader.
+  EXPECT_EQ(tier->Stats().client.direct_replies - direct_before, 4u);
+  // The connection is in step afterwards: the same chunks again, one pipeline.
+  std::vector<RedisGetItem> again = {gets[0], gets[5], gets[2]};
+  tier->Get(again);
+  for (const RedisGetItem& g : again) EXPECT_EQ(g.result, RedisItemResult::kOk) << g.status.ToString();
+  EXPECT_TRUE(dst[0] == c[0].payload && dst[5] == c[5].payload && dst[2] == c[2].payload);
+}
+
 TEST(RedisTierStandalone, ValueUnderAnotherKeyIsAMiss) {
   SKIP_WITHOUT_REDIS();
   TempDir dir;

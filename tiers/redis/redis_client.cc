@@ -22,6 +22,7 @@ extern "C" {
 #include <deque>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 
 namespace kvtier {
 namespace {
@@ -195,9 +196,29 @@ class RedisClient::Connection {
     return Status::OK();
   }
 
-  // Reads the next reply; a bulk string goes to `sink` when given.
+  // Reads the next reply; a bulk string goes to `sink` when given (see TryDirect).
   Result<std::unique_ptr<RedisReply>> Read(BulkSink* sink, uint64_t* received) {
+    // Only a reply the reader has not started can bypass it.
+    bool try_direct = sink != nullptr && reader_->ridx == -1;
     for (;;) {
+      if (try_direct) {
+        Result<DirectStep> d = TryDirect(sink, received);
+        if (!d.ok()) return d.status();
+        if (*d == DirectStep::kDone) {
+          ++direct_replies_;
+          auto r = std::make_unique<RedisReply>();
+          r->type = RedisReply::Type::kString;
+          r->sunk = true;
+          return r;
+        }
+        if (*d == DirectStep::kNeedBytes) {
+          // Small reads until the reply's first line is in: what follows it goes straight
+          // to the sink's buffers instead of through the reader's.
+          KVTIER_RETURN_IF_ERROR(FillReader(kLineRead, received));
+          continue;
+        }
+        try_direct = false;
+      }
       void* obj = nullptr;
       t_sink = sink;
       int rc = redisReaderGetReply(reader_, &obj);
@@ -205,10 +226,113 @@ class RedisClient::Connection {
       if (rc != REDIS_OK)
         return Fail(Status::IOError("redis " + addr_ + ": protocol error: " + std::string(reader_->errstr)));
       if (obj != nullptr) return std::unique_ptr<RedisReply>(static_cast<RedisReply*>(obj));
-      ssize_t n = ReadIntoReader();
+      KVTIER_RETURN_IF_ERROR(FillReader(chunk_, received));
+    }
+  }
+
+  void set_deadline(RedisDeadline d) { deadline_ = d; }
+  uint64_t TakeDirectReplies() { return std::exchange(direct_replies_, 0); }
+  void MarkBroken() { broken_ = true; }
+
+ private:
+  static constexpr size_t kLineRead = 4096;              // bytes per read() while a reply's first line is awaited
+  static constexpr uint64_t kDirectMinBytes = 64 << 10;  // smaller bulk replies go through the reader
+
+  enum class DirectStep { kNotDirect, kNeedBytes, kDone };
+
+  // A bulk reply of at least kDirectMinBytes whose sink gives buffers for it (BulkSink::Direct)
+  // is received into them from the socket: the bytes the reader already holds are copied,
+  // the rest are readv()'d in place, so the value never passes through the reader's buffer
+  // (which would cost a copy into it, a copy out, and hiredis's compaction of what follows).
+  // Anything else (errors, nil, small values, a sink that declines) is left to the reader.
+  Result<DirectStep> TryDirect(BulkSink* sink, uint64_t* received) {
+#if HIREDIS_MAJOR != 0
+    (void)sink;
+    (void)received;
+    return DirectStep::kNotDirect;  // hiredis 1.x renamed the sds functions the compaction below needs
+#else
+    // Drop what was consumed (the reader does this itself only inside redisReaderGetReply,
+    // which a run of direct replies never calls); what is left is at most a read's worth.
+    if (reader_->pos > 0 && (reader_->pos == reader_->len || reader_->pos >= 1024)) {
+      sdsrange(reader_->buf, static_cast<int>(reader_->pos), -1);
+      reader_->pos = 0;
+      reader_->len = sdslen(reader_->buf);
+    }
+    const char* p = reader_->buf + reader_->pos;
+    const size_t avail = reader_->len - reader_->pos;
+    constexpr size_t kMaxLine = 24;  // "$" + at most 20 digits + "\r\n"
+    if (avail == 0) return DirectStep::kNeedBytes;
+    if (p[0] != '$') return DirectStep::kNotDirect;
+    const void* cr = std::memchr(p, '\r', std::min(avail, kMaxLine));
+    if (cr == nullptr) return avail >= kMaxLine ? DirectStep::kNotDirect : DirectStep::kNeedBytes;
+    const size_t line = static_cast<size_t>(static_cast<const char*>(cr) - p);
+    if (line + 2 > avail) return DirectStep::kNeedBytes;
+    if (p[line + 1] != '\n' || line < 2 || line > 20) return DirectStep::kNotDirect;  // the reader reports it
+    uint64_t len = 0;
+    for (size_t i = 1; i < line; ++i) {
+      if (p[i] < '0' || p[i] > '9') return DirectStep::kNotDirect;  // "$-1": nil
+      len = len * 10 + static_cast<uint64_t>(p[i] - '0');
+    }
+    if (len < kDirectMinBytes) return DirectStep::kNotDirect;
+    std::vector<iovec> iov;
+    if (!sink->Direct(len, &iov)) return DirectStep::kNotDirect;
+    uint64_t total = 0;
+    for (const iovec& v : iov) total += v.iov_len;
+    if (total != len) return DirectStep::kNotDirect;
+    reader_->pos += line + 2;
+
+    size_t first = 0;
+    auto advance = [&](size_t n) {
+      while (n > 0 && first < iov.size()) {
+        const size_t take = std::min(n, iov[first].iov_len);
+        iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + take;
+        iov[first].iov_len -= take;
+        n -= take;
+        if (iov[first].iov_len == 0) ++first;
+      }
+    };
+    uint64_t left = len;
+    // What the reader already holds.
+    while (left > 0 && reader_->pos < reader_->len && first < iov.size()) {
+      const size_t take = std::min({reader_->len - reader_->pos, iov[first].iov_len, static_cast<size_t>(left)});
+      std::memcpy(iov[first].iov_base, reader_->buf + reader_->pos, take);
+      reader_->pos += take;
+      left -= take;
+      advance(take);
+    }
+    // The rest, from the socket.
+    while (left > 0) {
+      while (first < iov.size() && iov[first].iov_len == 0) ++first;
+      ssize_t n = ::readv(fd_, iov.data() + first, static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX)));
       if (n > 0) {
         *received += static_cast<uint64_t>(n);
+        left -= static_cast<uint64_t>(n);
+        advance(static_cast<size_t>(n));
         continue;
+      }
+      if (n == 0) return Fail(Status::IOError("redis " + addr_ + ": connection closed by the server"));
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK)
+        return Fail(Status::IOError("redis " + addr_ + ": read: " + ErrnoText(errno)));
+      KVTIER_RETURN_IF_ERROR(Wait(POLLIN));
+    }
+    // The value's trailing CRLF.
+    while (reader_->len - reader_->pos < 2) KVTIER_RETURN_IF_ERROR(FillReader(kLineRead, received));
+    if (reader_->buf[reader_->pos] != '\r' || reader_->buf[reader_->pos + 1] != '\n')
+      return Fail(Status::IOError("redis " + addr_ + ": protocol error: bulk string not followed by CRLF"));
+    reader_->pos += 2;
+    sink->OnDirect(len);
+    return DirectStep::kDone;
+#endif
+  }
+
+  // Reads at least one byte (at most `max`) into the reader, waiting until the deadline.
+  Status FillReader(size_t max, uint64_t* received) {
+    for (;;) {
+      ssize_t n = ReadIntoReader(max);
+      if (n > 0) {
+        *received += static_cast<uint64_t>(n);
+        return Status::OK();
       }
       if (n == -2) return Fail(Status::NoMemory("redis " + addr_ + ": reader buffer"));
       if (n == 0) return Fail(Status::IOError("redis " + addr_ + ": connection closed by the server"));
@@ -219,28 +343,24 @@ class RedisClient::Connection {
     }
   }
 
-  void set_deadline(RedisDeadline d) { deadline_ = d; }
-  void MarkBroken() { broken_ = true; }
-
- private:
-  // read() of up to chunk_ bytes into the reader; -2 when its buffer cannot grow.
-  ssize_t ReadIntoReader() {
+  // read() of up to `max` bytes into the reader; -2 when its buffer cannot grow.
+  ssize_t ReadIntoReader(size_t max) {
 #if HIREDIS_MAJOR == 0
     // hiredis 0.x: straight into the reader's sds buffer, saving the copy redisReaderFeed
     // would make (one memcpy of every value byte; the buffer is a public field of the
     // reader and grows with sds's own function, as redisReaderFeed grows it).
     if (reader_->buf == nullptr) return -2;
-    sds grown = sdsMakeRoomFor(reader_->buf, chunk_);
+    sds grown = sdsMakeRoomFor(reader_->buf, max);
     if (grown == nullptr) return -2;
     reader_->buf = grown;
-    ssize_t n = ::read(fd_, reader_->buf + reader_->len, chunk_);
+    ssize_t n = ::read(fd_, reader_->buf + reader_->len, max);
     if (n > 0) {
       sdsIncrLen(reader_->buf, static_cast<int>(n));
       reader_->len = sdslen(reader_->buf);
     }
     return n;
 #else
-    ssize_t n = ::read(fd_, buf_.data(), buf_.size());
+    ssize_t n = ::read(fd_, buf_.data(), std::min(max, buf_.size()));
     if (n > 0 && redisReaderFeed(reader_, buf_.data(), static_cast<size_t>(n)) != REDIS_OK) return -2;
     return n;
 #endif
@@ -267,6 +387,7 @@ class RedisClient::Connection {
   size_t chunk_;           // bytes per read()
   std::vector<char> buf_;  // hiredis 1.x: what read() fills before redisReaderFeed
   RedisDeadline deadline_{};
+  uint64_t direct_replies_ = 0;  // replies received straight into a sink's buffers
   bool broken_ = false;
 };
 
@@ -706,7 +827,10 @@ Status RedisClient::Execute(std::span<RedisCommand> commands, RedisDeadline dead
           pause = true;
         }
       }
-      if (g.conn) Return(g.node.get(), std::move(g.conn));
+      if (g.conn) {
+        direct_replies_.fetch_add(g.conn->TakeDirectReplies(), std::memory_order_relaxed);
+        Return(g.node.get(), std::move(g.conn));
+      }
     }
     bytes_sent_.fetch_add(sent, std::memory_order_relaxed);
     bytes_received_.fetch_add(received, std::memory_order_relaxed);
@@ -751,6 +875,7 @@ RedisClientStats RedisClient::Stats() const {
   s.topology_refreshes = refreshes_.load(std::memory_order_relaxed);
   s.bytes_sent = bytes_sent_.load(std::memory_order_relaxed);
   s.bytes_received = bytes_received_.load(std::memory_order_relaxed);
+  s.direct_replies = direct_replies_.load(std::memory_order_relaxed);
   return s;
 }
 

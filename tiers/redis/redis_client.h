@@ -5,9 +5,10 @@
 // the replies group by group. Sending is our own RESP writer over sendmsg() (a value may be
 // given as two pieces, e.g. a chunk header and a payload in a host slot, and is never copied
 // into a buffer); replies are parsed by hiredis's redisReader with reply-object functions of
-// our own, so a bulk string for a command with a BulkSink is handed to the sink while it is
-// still in the reader's buffer (one copy: socket -> reader buffer; the sink verifies and
-// copies it to its destination) instead of being copied into a reply object first.
+// our own. A large bulk string for a command with a BulkSink bypasses the reader: it is
+// read from the socket straight into the sink's buffers (no user-space copy; the sink then
+// verifies it in place). A smaller one is handed to the sink while it is still in the
+// reader's buffer instead of being copied into a reply object first.
 //
 // Deadlines: every call takes a deadline for the whole batch. Sockets are non-blocking and
 // every wait is a poll() bounded by the time left, so a call returns by its deadline (plus
@@ -29,6 +30,8 @@
 // topology. A checked-out connection belongs to one thread until it is returned.
 #ifndef KVTIER_TIERS_REDIS_REDIS_CLIENT_H_
 #define KVTIER_TIERS_REDIS_REDIS_CLIENT_H_
+
+#include <sys/uio.h>
 
 #include <atomic>
 #include <chrono>
@@ -77,9 +80,19 @@ struct RedisReply {
   std::vector<std::unique_ptr<RedisReply>> elements;
 };
 
-// Receives a top-level bulk-string reply. `data` is valid only during the call.
+// Receives a top-level bulk-string reply, one of two ways:
+// - Direct: for a large value (64 KiB or more) the client first asks Direct(len, iov). A
+//   sink that returns true has set iov to buffers covering exactly len bytes; the client
+//   receives the value into them straight from the socket and then calls OnDirect(len).
+// - Otherwise OnBulk(data, len) with the value in the reader's buffer (`data` is valid only
+//   during the call).
+// A sink gets exactly one of OnDirect or OnBulk per reply, or neither when the reply is not a
+// bulk string or the connection fails first (buffers given to Direct may then hold part of
+// the value).
 class BulkSink {
  public:
+  virtual bool Direct(size_t /*len*/, std::vector<iovec>* /*iov*/) { return false; }
+  virtual void OnDirect(size_t /*len*/) {}
   virtual void OnBulk(const uint8_t* data, size_t len) = 0;
 
  protected:
@@ -115,6 +128,7 @@ struct RedisClientStats {
   uint64_t topology_refreshes = 0;
   uint64_t bytes_sent = 0;
   uint64_t bytes_received = 0;
+  uint64_t direct_replies = 0;  // bulk replies read straight into a sink's buffers (BulkSink::Direct)
 };
 
 class RedisClient {
@@ -165,7 +179,7 @@ class RedisClient {
   RedisClock::time_point last_refresh_{};      // guarded by refresh_mu_
 
   mutable std::atomic<uint64_t> connects_{0}, connect_failures_{0}, moved_{0}, asks_{0}, retries_{0},
-      refreshes_{0}, bytes_sent_{0}, bytes_received_{0};
+      refreshes_{0}, bytes_sent_{0}, bytes_received_{0}, direct_replies_{0};
 };
 
 }  // namespace kvtier

@@ -7,6 +7,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <memory>
 #include <string_view>
@@ -24,33 +25,46 @@ bool Unanswered(const RedisCommand& c) { return !c.status.ok() || !c.reply; }
 // passes, writes the raw payload to dst.
 class ChunkSink final : public BulkSink {
  public:
-  ChunkSink(const ChunkIdentity* id, std::span<uint8_t> dst) : id_(id), dst_(dst) {}
+  ChunkSink(const ChunkIdentity* id, std::span<uint8_t> dst, size_t index,
+            const std::function<void(size_t)>* on_verified)
+      : id_(id), dst_(dst), index_(index), on_verified_(on_verified) {}
 
-  void OnBulk(const uint8_t* data, size_t len) override {
+  // An uncompressed value (header + payload of the destination's size) is received with
+  // its header in header_ and its payload straight into dst, then checked there. Any other
+  // length (an LZ4 value, or a wrong one) goes through OnBulk.
+  bool Direct(size_t len, std::vector<iovec>* iov) override {
+    if (len != kChunkHeaderBytes + dst_.size()) return false;
+    iov->assign({iovec{header_.data(), header_.size()}, iovec{dst_.data(), dst_.size()}});
+    return true;
+  }
+
+  void OnDirect(size_t len) override {
     called_ = true;
     bytes_ = len;
-    std::span<const uint8_t> value(data, len);
-    Result<ChunkHeader> h = DecodeChunkHeader(value);
+    Result<ChunkHeader> h = CheckHeader(header_, len);
     if (!h.ok()) {
       status_ = h.status();
       return;
     }
-    status_ = CheckChunkIdentity(*h, *id_);
-    if (!status_.ok()) return;
-    if (len - kChunkHeaderBytes != h->payload_bytes) {
-      status_ = Status::Corruption("redis value holds " + std::to_string(len - kChunkHeaderBytes) +
-                                   " payload bytes, its header says " + std::to_string(h->payload_bytes));
+    if (h->codec != Codec::kNone) {  // our writer stores a value LZ4 does not shrink uncompressed
+      status_ = Status::Corruption("redis value: compressed payload as large as the raw one");
       return;
     }
-    if ((h->flags & kFlagChecksum) == 0) {
-      status_ = Status::Corruption("redis value has no payload checksum");
+    status_ = ChunkChecksum(dst_.data(), dst_.size()) == h->payload_checksum
+                  ? Status::OK()
+                  : Status::Corruption("redis value: payload checksum mismatch");
+    Verified();
+  }
+
+  void OnBulk(const uint8_t* data, size_t len) override {
+    called_ = true;
+    bytes_ = len;
+    Result<ChunkHeader> h = CheckHeader(std::span<const uint8_t>(data, len), len);
+    if (!h.ok()) {
+      status_ = h.status();
       return;
     }
     const uint8_t* stored = data + kChunkHeaderBytes;
-    if (h->raw_bytes != dst_.size()) {  // CheckChunkIdentity already ties raw_bytes to the shape
-      status_ = Status::Corruption("redis value: raw size differs from the destination");
-      return;
-    }
     if (h->codec == Codec::kNone) {
       // Copy and checksum in cache-sized blocks (one pass over memory instead of two); the
       // destination is scratch until the checksum matches.
@@ -77,6 +91,22 @@ class ChunkSink final : public BulkSink {
       return;
     }
     status_ = Status::OK();
+    Verified();
+  }
+
+  // Decodes the header at the front of `value` (at least its first kChunkHeaderBytes) and
+  // checks it against the expected identity, the value's length `len` and the destination.
+  Result<ChunkHeader> CheckHeader(std::span<const uint8_t> value, size_t len) const {
+    Result<ChunkHeader> h = DecodeChunkHeader(value);
+    if (!h.ok()) return h.status();
+    KVTIER_RETURN_IF_ERROR(CheckChunkIdentity(*h, *id_));
+    if (len - kChunkHeaderBytes != h->payload_bytes)
+      return Status::Corruption("redis value holds " + std::to_string(len - kChunkHeaderBytes) +
+                                " payload bytes, its header says " + std::to_string(h->payload_bytes));
+    if ((h->flags & kFlagChecksum) == 0) return Status::Corruption("redis value has no payload checksum");
+    if (h->raw_bytes != dst_.size())  // CheckChunkIdentity already ties raw_bytes to the shape
+      return Status::Corruption("redis value: raw size differs from the destination");
+    return h;
   }
 
   bool CopyVerified(const uint8_t* src, uint64_t n, uint64_t checksum) {
@@ -97,6 +127,9 @@ class ChunkSink final : public BulkSink {
     }
     return XXH3_64bits_digest(st.get()) == checksum;
   }
+  void Verified() const {
+    if (status_.ok() && on_verified_ != nullptr && *on_verified_) (*on_verified_)(index_);
+  }
   bool called() const { return called_; }
   uint64_t bytes() const { return bytes_; }
   const Status& status() const { return status_; }
@@ -104,6 +137,9 @@ class ChunkSink final : public BulkSink {
  private:
   const ChunkIdentity* id_;
   std::span<uint8_t> dst_;
+  size_t index_;
+  const std::function<void(size_t)>* on_verified_;
+  std::array<uint8_t, kChunkHeaderBytes> header_{};  // a direct value's header
   bool called_ = false;
   uint64_t bytes_ = 0;
   Status status_;
@@ -277,7 +313,8 @@ Status RedisTier::Put(std::span<RedisPutItem> items, RedisDeadline deadline) {
   return Status::OK();
 }
 
-void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline) {
+void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline,
+                    const std::function<void(size_t)>& on_verified) {
   uint64_t total = 0;
   for (const RedisGetItem& it : items) total += it.dst.size();
   deadline = DeadlineOr(deadline, total);
@@ -299,7 +336,7 @@ void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline) {
   std::vector<uint64_t> value_bytes;
   for (size_t i = 0; i < items.size(); ++i) {
     RedisGetItem& it = items[i];
-    sinks.emplace_back(&it.id, it.dst);
+    sinks.emplace_back(&it.id, it.dst, i, &on_verified);
     if (it.dst.size() != ChunkPayloadBytes(it.id.shape) || (it.dst.data() == nullptr && !it.dst.empty())) {
       it.result = RedisItemResult::kInvalid;
       it.status = Status::InvalidArgument("redis tier get: destination is " + std::to_string(it.dst.size()) +

@@ -32,6 +32,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -125,8 +126,13 @@ class RedisTier {
   // Saves each item (SET key value [EX ttl]). Returns OK when every item is kOk, else the
   // first item's failure.
   Status Put(std::span<RedisPutItem> items, RedisDeadline deadline = {});
-  // Loads each item into its dst (see the file comment for the outcomes).
-  void Get(std::span<RedisGetItem> items, RedisDeadline deadline = {});
+  // Loads each item into its dst (see the file comment for the outcomes). `on_verified`,
+  // when given, is called with an item's index as soon as its bytes are in dst and have
+  // passed every check (the item will be kOk), on the calling thread, before Get returns:
+  // the caller can use that item while the values after it are still arriving. It must
+  // not call into this tier.
+  void Get(std::span<RedisGetItem> items, RedisDeadline deadline = {},
+           const std::function<void(size_t)>& on_verified = nullptr);
   // One EXISTS per item, pipelined: one round trip per node. All false when unavailable.
   void Exists(std::span<RedisExistsItem> items, RedisDeadline deadline = {});
   // Best effort DEL.
