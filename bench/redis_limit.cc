@@ -81,7 +81,8 @@ Status Phase(redisContext* c, bool set, const std::vector<std::string>& keys, co
 }  // namespace
 
 Result<RedisRawLimit> MeasureRedisRawLimit(const RedisEndpoint& ep, uint64_t value_bytes, uint32_t connections,
-                                           uint32_t depth, uint32_t values_per_connection, const std::string& key_prefix) {
+                                           uint32_t depth, uint32_t values_per_connection, const std::string& key_prefix,
+                                           const std::vector<std::string>& read_keys) {
   if (connections == 0 || depth == 0 || values_per_connection == 0)
     return Status::InvalidArgument("redis limit: connections, depth and values must be > 0");
   std::vector<redisContext*> ctx;
@@ -106,8 +107,13 @@ Result<RedisRawLimit> MeasureRedisRawLimit(const RedisEndpoint& ep, uint64_t val
     std::vector<Status> st(connections);
     auto t0 = Clock::now();
     std::vector<std::thread> threads;
-    for (uint32_t c = 0; c < connections; ++c)
-      threads.emplace_back([&, c] { st[c] = Phase(ctx[c], set, keys[c], value, values_per_connection, depth); });
+    std::vector<std::vector<std::string>> get_keys(connections);
+    if (!set && !read_keys.empty())
+      for (size_t i = 0; i < read_keys.size(); ++i) get_keys[i % connections].push_back(read_keys[i]);
+    for (uint32_t c = 0; c < connections; ++c) {
+      const std::vector<std::string>& k = !set && !get_keys[c].empty() ? get_keys[c] : keys[c];
+      threads.emplace_back([&, c] { st[c] = Phase(ctx[c], set, k, value, values_per_connection, depth); });
+    }
     for (auto& t : threads) t.join();
     double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     for (const Status& s : st)
@@ -261,6 +267,30 @@ Status RedisFlushAll(const RedisEndpoint& ep) {
   if (r != nullptr) freeReplyObject(r);
   redisFree(*c);
   return ok ? Status::OK() : Status::IOError("redis: FLUSHALL failed");
+}
+
+Result<std::vector<std::string>> RedisScanKeys(const RedisEndpoint& ep, const std::string& prefix, size_t max) {
+  Result<redisContext*> c = ConnectRaw(ep);
+  if (!c.ok()) return c.status();
+  const std::string pattern = prefix + "*";
+  std::string cursor = "0";
+  std::vector<std::string> out;
+  do {
+    redisReply* r =
+        static_cast<redisReply*>(redisCommand(*c, "SCAN %s MATCH %s COUNT 1000", cursor.c_str(), pattern.c_str()));
+    if (r == nullptr || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+      if (r != nullptr) freeReplyObject(r);
+      redisFree(*c);
+      return Status::IOError("redis: SCAN failed");
+    }
+    cursor.assign(r->element[0]->str, r->element[0]->len);
+    const redisReply* keys = r->element[1];
+    for (size_t i = 0; i < keys->elements && out.size() < max; ++i)
+      out.emplace_back(keys->element[i]->str, keys->element[i]->len);
+    freeReplyObject(r);
+  } while (cursor != "0" && out.size() < max);
+  redisFree(*c);
+  return out;
 }
 
 Status RedisDeletePrefix(const RedisEndpoint& ep, const std::string& prefix) {

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "kvtier/status.h"
 
@@ -30,10 +31,16 @@ struct RedisRawLimit {
 
 // `connections` threads, each with its own connection, keep `depth` commands in flight
 // (append depth, read depth) until each has moved `values_per_connection` values; SETs
-// first, then GETs of the same keys (key_prefix:raw:<conn>:<i mod depth>; deleted after).
+// first (key_prefix:raw:<conn>:<i mod depth>, overwritten in turn; deleted after), then
+// GETs of the same keys, or, when `read_keys` is given, GETs of those existing keys (each
+// value_bytes long; connection c reads keys c, c + connections, ... in turn). A server
+// serves a value it has just written faster than one written long ago among many (it is
+// still in the CPU's caches): a tier that reads what it wrote earlier is compared with raw
+// GETs of those same keys.
 Result<RedisRawLimit> MeasureRedisRawLimit(const RedisEndpoint& ep, uint64_t value_bytes, uint32_t connections,
                                            uint32_t depth, uint32_t values_per_connection,
-                                           const std::string& key_prefix = "kvtbench");
+                                           const std::string& key_prefix = "kvtbench",
+                                           const std::vector<std::string>& read_keys = {});
 
 // The same, through the tier's transport (RedisClient: its RESP writer, hiredis's reply
 // parser, a sink that copies each value to a buffer) without chunk header, checksum or
@@ -49,6 +56,9 @@ Result<double> RedisBenchmarkGbps(const RedisEndpoint& ep, uint64_t value_bytes,
 
 // "host:port" (a trailing ":port" after the last colon). InvalidArgument otherwise.
 Result<RedisEndpoint> ParseRedisEndpoint(const std::string& host_port);
+
+// Up to `max` keys that start with `prefix` (SCAN).
+Result<std::vector<std::string>> RedisScanKeys(const RedisEndpoint& ep, const std::string& prefix, size_t max);
 
 // FLUSHALL on the server (a benchmark's own server, between phases).
 Status RedisFlushAll(const RedisEndpoint& ep);

@@ -172,6 +172,14 @@ TEST(RedisTierStandalone, RoundTripBitExactWithAndWithoutLz4) {
       EXPECT_EQ(std::stoull(stored), full);
     }
   }
+  // The in-flight window at its extremes: one command at a time, and a whole batch at once.
+  for (uint64_t window : {uint64_t{1}, uint64_t{0}}) {
+    RedisTierOptions o = StandaloneOptions(server);
+    o.max_in_flight_bytes = window;
+    auto tier = OpenTier(o);
+    ASSERT_TRUE(tier);
+    RoundTrip(tier.get(), SizedChunks(300 + window, 300 + 10 * window));
+  }
   // Another tier object (another process, in effect) finds the chunks by key alone.
   auto other = OpenTier(StandaloneOptions(server));
   Chunk c(TestNs(), KeyOf(202), ShapeOf(32), 202, /*padded=*/true);  // saved with LZ4 above
@@ -627,6 +635,8 @@ TEST(RedisTierCluster, RoundTripAcrossSlotsWithAndWithoutLz4) {
   for (RedisCompression comp : {RedisCompression::kNone, RedisCompression::kLz4}) {
     RedisTierOptions o = ClusterOptions(cluster);
     o.compression = comp;
+    // With LZ4, one command in flight per connection at a time (the window's far end).
+    if (comp == RedisCompression::kLz4) o.max_in_flight_bytes = 1;
     auto tier = OpenTier(o);
     ASSERT_TRUE(tier);
     uint64_t base = comp == RedisCompression::kNone ? 1000 : 2000;

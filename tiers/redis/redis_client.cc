@@ -716,6 +716,22 @@ Status RedisClient::Execute(std::span<RedisCommand> commands, RedisDeadline dead
       std::vector<Pending> items;
       std::unique_ptr<Connection> conn;
       Status status;
+      std::deque<std::string> frames;         // encoded command heads (iov points into them)
+      std::vector<std::vector<iovec>> iov;    // per item: its ASKING (if any) and its command
+      size_t sent = 0;                        // items written
+      uint64_t in_flight = 0;                 // weight of items written and not yet read
+    };
+    // Writes the group's next items while what is in flight weighs less than the window
+    // (at least one item is always in flight).
+    const uint64_t window = options_.max_in_flight_bytes;
+    auto top_up = [&](Group& g, uint64_t* sent_bytes) {
+      std::vector<iovec> out;
+      while (g.sent < g.items.size() && (window == 0 || g.in_flight == 0 || g.in_flight < window)) {
+        out.insert(out.end(), g.iov[g.sent].begin(), g.iov[g.sent].end());
+        g.in_flight += commands[g.items[g.sent].index].weight;
+        ++g.sent;
+      }
+      return out.empty() ? Status::OK() : g.conn->Write(out, sent_bytes);
     };
     std::vector<Group> groups;
     std::vector<Pending> next;
@@ -734,7 +750,8 @@ Status RedisClient::Execute(std::span<RedisCommand> commands, RedisDeadline dead
       }
       auto it = std::find_if(groups.begin(), groups.end(), [&](const Group& g) { return g.node == n; });
       if (it == groups.end()) {
-        groups.push_back({n, {}, nullptr, Status::OK()});
+        groups.emplace_back();
+        groups.back().node = n;
         it = groups.end() - 1;
       }
       it->items.push_back(p);
@@ -750,21 +767,25 @@ Status RedisClient::Execute(std::span<RedisCommand> commands, RedisDeadline dead
       }
       g.conn = std::move(*c);
       g.conn->set_deadline(deadline);
-      // The node's whole pipeline in one sendmsg() series.
-      std::deque<std::string> frames;
-      std::vector<iovec> iov;
+      // The node's pipeline (its first window of it) in one sendmsg() series.
       static const std::vector<RedisArg> kAsking = {RedisArg("ASKING")};
-      for (const Pending& p : g.items) {
-        if (p.ask) EncodeCommand(kAsking, &frames, &iov);
-        EncodeCommand(commands[p.index].args, &frames, &iov);
+      g.iov.resize(g.items.size());
+      for (size_t k = 0; k < g.items.size(); ++k) {
+        if (g.items[k].ask) EncodeCommand(kAsking, &g.frames, &g.iov[k]);
+        EncodeCommand(commands[g.items[k].index].args, &g.frames, &g.iov[k]);
       }
-      g.status = g.conn->Write(iov, &sent);
+      g.status = top_up(g, &sent);
     }
     // Read everything.
     for (Group& g : groups) {
       size_t done = 0;
       if (g.status.ok()) {
         for (; done < g.items.size(); ++done) {
+          // What the replies read so far made room for (this item is written by now).
+          if (Status w = top_up(g, &sent); !w.ok()) {
+            g.status = w;
+            break;
+          }
           const Pending& p = g.items[done];
           RedisCommand& cmd = commands[p.index];
           if (p.ask) {
@@ -779,6 +800,7 @@ Status RedisClient::Execute(std::span<RedisCommand> commands, RedisDeadline dead
             g.status = r.status();
             break;
           }
+          g.in_flight -= cmd.weight;
           std::unique_ptr<RedisReply> rep = std::move(*r);
           std::string addr;
           if (cluster && rep->type == RedisReply::Type::kError) {

@@ -10,6 +10,10 @@
 // verifies it in place). A smaller one is handed to the sink while it is still in the
 // reader's buffer instead of being copied into a reply object first.
 //
+// Flow: a node's commands go out as one pipeline; with max_in_flight_bytes, as a sliding
+// window over it (the next commands are written as replies come back), so a server holds
+// a bounded amount of unread replies for a connection instead of a whole batch of values.
+//
 // Deadlines: every call takes a deadline for the whole batch. Sockets are non-blocking and
 // every wait is a poll() bounded by the time left, so a call returns by its deadline (plus
 // scheduling slack) when Redis hangs (SIGSTOP) or is gone. A connection that timed out or
@@ -64,6 +68,10 @@ struct RedisClientOptions {
   std::chrono::milliseconds connect_timeout{1000};
   uint32_t max_rounds = 5;         // cluster: redirect/retry rounds per batch
   size_t read_chunk_bytes = 1 << 20;  // bytes per read() from a socket
+  // Per connection, commands are written only while those written and not yet answered
+  // weigh less than this (RedisCommand::weight; at least one is always in flight); each
+  // reply read makes room for more. 0: a batch is written whole before its replies are read.
+  uint64_t max_in_flight_bytes = 0;
 };
 
 // CRC16 (XMODEM) of the key's hash tag (the part between the first '{' and the next '}'
@@ -113,6 +121,7 @@ struct RedisCommand {
   std::vector<RedisArg> args;  // e.g. {"GET", key}
   std::string_view key;        // routing key in cluster mode (empty: any node)
   BulkSink* sink = nullptr;    // receives a bulk-string reply instead of reply->str
+  uint64_t weight = 0;         // value bytes it moves either way (max_in_flight_bytes)
   // Out: a reply (possibly an error reply from Redis) with OK, or no reply: TimedOut
   // (deadline) or IOError (connection, topology or retry budget), naming the node.
   std::unique_ptr<RedisReply> reply;

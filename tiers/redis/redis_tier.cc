@@ -174,6 +174,7 @@ Result<std::unique_ptr<RedisTier>> RedisTier::Open(const RedisTierOptions& optio
   co.seeds = options.seeds;
   co.username = options.username;
   co.password = options.password;
+  co.max_in_flight_bytes = options.max_in_flight_bytes;
   co.pool_size = options.pool_size;
   co.connect_timeout = options.connect_timeout;
   co.max_rounds = options.max_rounds;
@@ -278,6 +279,7 @@ Status RedisTier::Put(std::span<RedisPutItem> items, RedisDeadline deadline) {
     cmds.push_back(std::move(c));
     owner.push_back(i);
     value_bytes.push_back(kChunkHeaderBytes + stored.size());
+    cmds.back().weight = value_bytes.back();
     raw_saved_.fetch_add(it.payload.size(), std::memory_order_relaxed);
     stored_saved_.fetch_add(stored.size(), std::memory_order_relaxed);
   }
@@ -351,6 +353,7 @@ void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline,
     cmds.push_back(std::move(c));
     owner.push_back(i);
     value_bytes.push_back(kChunkHeaderBytes + it.dst.size());
+    cmds.back().weight = value_bytes.back();
   }
   if (cmds.empty()) {
     if (d == CircuitBreaker::Decision::kProbe) breaker_.AbandonProbe();
