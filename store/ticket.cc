@@ -12,20 +12,26 @@ void TicketState::Finish(Status status, uint32_t chunks_done) {
     done_ = true;
   }
   cv_.notify_all();
+  layer_cv_.notify_all();
 }
 
 void TicketState::set_layers_ready(uint32_t layers, uint32_t chunks) {
+  bool wake;
   {
     std::lock_guard<std::mutex> l(mu_);
     layers_ready_ = layers;
     layer_chunks_ = chunks;
+    wake = layer_waiters_ > 0;
   }
-  cv_.notify_all();
+  if (wake) layer_cv_.notify_all();
 }
 
 Result<uint32_t> TicketState::WaitLayer(uint32_t layer, std::chrono::nanoseconds timeout) const {
   std::unique_lock<std::mutex> l(mu_);
-  if (!cv_.wait_for(l, timeout, [&] { return done_ || layers_ready_ > layer; }))
+  ++layer_waiters_;
+  const bool ready = layer_cv_.wait_for(l, timeout, [&] { return done_ || layers_ready_ > layer; });
+  --layer_waiters_;
+  if (!ready)
     return Status::TimedOut("ticket: layer " + std::to_string(layer) + " not in place before the wait's deadline");
   if (layers_ready_ > layer) return layer_chunks_;
   return done_ ? chunks_done_.load(std::memory_order_acquire) : 0u;
@@ -37,13 +43,17 @@ void TicketState::set_gpu_enqueued(std::shared_ptr<const std::vector<void*>> eve
     gpu_events_ = std::move(events);
     gpu_chunks_ = chunks;
   }
-  cv_.notify_all();
+  layer_cv_.notify_all();
 }
 
 Result<std::pair<uint32_t, void*>> TicketState::WaitLayerEnqueued(uint32_t layer,
                                                                   std::chrono::nanoseconds timeout) const {
   std::unique_lock<std::mutex> l(mu_);
-  if (!cv_.wait_for(l, timeout, [&] { return done_ || gpu_events_ != nullptr || layers_ready_ > layer; }))
+  ++layer_waiters_;
+  const bool ready =
+      layer_cv_.wait_for(l, timeout, [&] { return done_ || gpu_events_ != nullptr || layers_ready_ > layer; });
+  --layer_waiters_;
+  if (!ready)
     return Status::TimedOut("ticket: layer " + std::to_string(layer) + " not enqueued before the wait's deadline");
   if (gpu_events_ != nullptr && layer < gpu_events_->size()) return std::make_pair(gpu_chunks_, (*gpu_events_)[layer]);
   if (layers_ready_ > layer) return std::make_pair(layer_chunks_, static_cast<void*>(nullptr));

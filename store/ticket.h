@@ -65,7 +65,12 @@ class TicketState {
   std::atomic<uint32_t> chunks_done_{0};
 
   mutable std::mutex mu_;
-  mutable std::condition_variable cv_;
+  mutable std::condition_variable cv_;        // Wait: notified when done_ is set
+  // WaitLayer / WaitLayerEnqueued: notified on layer progress only while someone waits
+  // there (a load notifies per layer; waking a Wait() that many times costs a request
+  // several context switches), and when done_ is set.
+  mutable std::condition_variable layer_cv_;
+  mutable uint32_t layer_waiters_ = 0;        // guarded by mu_
   bool done_ = false;  // guarded by mu_
   uint32_t layers_ready_ = 0;        // guarded by mu_
   uint32_t layer_chunks_ = 0;        // guarded by mu_: chunks that layers_ready_ covers
