@@ -148,7 +148,6 @@ int RunBenchTiersRedis(const std::vector<std::string>& argv) {
       ld.push_back(*l);
       set_lim.push_back(lim->set_gbps);
       get_lim.push_back(lim->get_gbps);
-      if (getenv("KVT_DBG")) fprintf(stderr, "rep: save %.3f / %.3f  load %.3f / %.3f\n", *s, lim->set_gbps, *l, lim->get_gbps);
       sv_ratio.push_back(lim->set_gbps > 0 ? *s / lim->set_gbps : 0.0);
       ld_ratio.push_back(lim->get_gbps > 0 ? *l / lim->get_gbps : 0.0);
     }

@@ -1232,7 +1232,6 @@ void Store::Impl::RunLoad(Registration& r, const std::vector<ChunkKey>& keys, si
   if (!r.gpu)
     early = [&](size_t i, SlotId slot) {
       if (t.cancel_requested()) return;
-      if (getenv("KVT_NOSCATTER")) { if (scattered.size() <= i) scattered.resize(i + 1, false); scattered[i] = true; return; }
       const Status s = r.mover->Scatter(std::span<const int32_t>(blocks).subspan(uint64_t{i} * bpc, bpc),
                                         host->SlotAddress(slot) + kChunkPayloadOffset, ns.payload_bytes);
       if (!s.ok()) return;  // copied again below, where a failure is reported
