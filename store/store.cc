@@ -26,6 +26,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "common/sync_point.h"
 #include "index/chunk_key.h"
 #include "index/radix_index.h"
 #include "kernels/mover.h"
@@ -246,6 +247,7 @@ struct Store::Impl {
   size_t FetchFromNvme(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t from, size_t to,
                        std::vector<SlotId>* slots, Status* st, std::optional<ChunkKey>* gone);
   std::optional<TierId> SourceTier(NamespaceState& ns, const ChunkKey& key) const;
+  std::optional<SlotId> PinnedHostSlot(NamespaceState& ns, const ChunkKey& key) const;
   void AllocateSlots(NamespaceState& ns, size_t count, std::vector<SlotId>* slots, Status* st);
   void ForgetRedisCopy(NamespaceState& ns, const ChunkKey& key);
   size_t ProbeRedis(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t from);
@@ -425,6 +427,9 @@ Result<SlotId> Store::Impl::AllocateSlot(uint64_t payload_bytes) {
       Status c = ns->index.ClearResident(victim.key, TierId::kHost, &removed, /*if_unpinned=*/true);
       if (c.code() == Status::Code::kBusy || c.IsNotFound()) continue;  // pinned, or gone meanwhile
       if (!c.ok()) return c.WithContext("host tier eviction: ");
+      // Sync point: the index no longer has the victim (a ChunkKey) in host; its slot is
+      // not freed yet. placement_mu is held.
+      KVTIER_SYNC_POINT("Store::EvictHost:IndexCleared", &victim.key);
       if (host->Remove(victim.key)) Add(n.evictions, 1);
       FreeRemoved(*ns, removed);
       evicted = true;
@@ -822,6 +827,18 @@ void Store::Impl::AllocateSlots(NamespaceState& ns, size_t count, std::vector<Sl
   }
 }
 
+// The host slot of a chunk the caller has pinned, if the index has it in host. Without
+// placement_mu, a slot found in the host tier alone may be on its way out: eviction
+// clears the index's host bit (refused while the chunk is pinned) and then frees the
+// slot, both under placement_mu, and a pin taken in between does not stop the second
+// step. Host bit first, then the slot: a chunk that has the bit has its slot, and while
+// it is pinned it keeps both.
+std::optional<SlotId> Store::Impl::PinnedHostSlot(NamespaceState& ns, const ChunkKey& key) const {
+  std::optional<TierMask> r = ns.index.Residency(key);
+  if (!r || (*r & TierBit(TierId::kHost)) == 0) return std::nullopt;
+  return host->Find(key);
+}
+
 // Where a chunk not in host is read from: NVMe if it is there, else Redis.
 std::optional<TierId> Store::Impl::SourceTier(NamespaceState& ns, const ChunkKey& key) const {
   std::optional<TierMask> r = ns.index.Residency(key);
@@ -1111,15 +1128,15 @@ std::vector<SlotId> Store::Impl::BringUp(NamespaceState& ns, const std::vector<C
     } else {
       // In host, or being brought up by another load or prefetch (wait for it), or ours
       // to read once claimed.
-      slot = host->Find(keys[i]);
+      slot = PinnedHostSlot(ns, keys[i]);
       while (!slot) {
         if (Claim(keys[i])) {
-          slot = host->Find(keys[i]);  // it may have arrived between Find and Claim
+          slot = PinnedHostSlot(ns, keys[i]);  // it may have arrived between Find and Claim
           if (slot) Release(std::span<const ChunkKey>(&keys[i], 1));
           break;
         }
         WaitInflight(keys[i]);
-        slot = host->Find(keys[i]);
+        slot = PinnedHostSlot(ns, keys[i]);
       }
     }
     if (!slot) {  // ours to read, claimed: this chunk and the following ones that only the
@@ -1132,7 +1149,8 @@ std::vector<SlotId> Store::Impl::BringUp(NamespaceState& ns, const std::vector<C
       }
       const size_t max_batch = std::clamp<uint64_t>(kBatchBytes / ns.payload_bytes, 1, kBatchChunks);
       size_t to = i + 1;
-      for (; to < matched && to - i < max_batch && !host->Find(keys[to]) && SourceTier(ns, keys[to]) == tier; ++to)
+      for (; to < matched && to - i < max_batch && !PinnedHostSlot(ns, keys[to]) && SourceTier(ns, keys[to]) == tier;
+           ++to)
         if (!Claim(keys[to])) break;
       const auto t0 = std::chrono::steady_clock::now();
       const size_t got = *tier == TierId::kNvme
@@ -1245,6 +1263,9 @@ void Store::Impl::RunLoad(Registration& r, const std::vector<ChunkKey>& keys, si
     st = Status::Cancelled("load cancelled before copying into the engine");
     done = 0;
   }
+  // Sync point: the chunks are in host slots and copying into the engine is next; the
+  // arg is the load's keys (std::vector<ChunkKey>). No lock is held.
+  KVTIER_SYNC_POINT("Store::RunLoad:BeforeCopy", &keys);
   const auto t0 = std::chrono::steady_clock::now();
   if (r.gpu) {
     for (size_t i = 0; i < slots.size(); ++i) {
@@ -1607,11 +1628,25 @@ Result<LookupResult> Store::Lookup(NamespaceHandle h, std::span<const int32_t> t
         s.prefetches.emplace(id, t);
       }
     }
+    // Pinned until the prefetch ends, so that what it brings up stays. Pinned by a match:
+    // a chunk evicted since the lookup's match ends the run (pinning it by key would miss
+    // it, and the prefetch's unpin would then take a pin another reader holds on a chunk
+    // cached again under that key).
+    if (id != 0) {
+      keys.resize(out.matched_chunks);
+      MatchOptions pin;
+      pin.touch = false;
+      pin.pin = true;
+      keys.resize(ns.index.Match(keys, pin));
+      if (keys.empty()) {
+        std::lock_guard<std::mutex> l(s.prefetch_mu);
+        s.prefetches.erase(id);
+        id = 0;
+      }
+    }
     if (id == 0) {
       Add(s.n.prefetch_skipped, 1);
     } else {
-      keys.resize(out.matched_chunks);
-      ns.index.Pin(keys);  // kept until the prefetch ends: what it brings up stays
       const auto deadline = std::chrono::steady_clock::now() + options.prefetch_deadline;
       Add(s.n.prefetches, 1);
       out.prefetch_id = id;

@@ -19,16 +19,19 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <filesystem>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <set>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -37,6 +40,7 @@
 #include <rocksdb/options.h>
 
 #include "tests/temp_dir.h"
+#include "common/sync_point.h"
 #include "index/chunk_key.h"
 #include "kvtier/store.h"
 #include "tests/test_engine.h"
@@ -811,6 +815,68 @@ TEST_F(NvmeStore, ConcurrentTrafficNeverServesWrongBytes) {
                 static_cast<unsigned long long>(st.promotions), static_cast<unsigned long long>(st.evictions));
     ASSERT_TRUE(store->Close().ok());
   }
+}
+
+// An eviction clears a chunk's host bit in the index and then frees its slot, two steps
+// under placement_mu. A load that pins the chunk between them must not copy from that
+// slot: the save that evicted it gets the slot next and writes its own chunk there. Sync
+// points hold the eviction between its steps and the load just before it copies, so the
+// interleaving that the concurrency test above meets about once in a few hundred runs
+// happens every time: a load that took the slot would hand the engine the save's bytes.
+TEST_F(NvmeStore, LoadNeverCopiesFromASlotBeingEvicted) {
+  StoreConfig config = NvmeStoreConfig(dir(), /*host_chunks=*/2, /*nvme_chunks=*/16, WritePolicy::kWriteThrough);
+  config.worker_threads = 2;  // one for the save that evicts, one for the load
+  Client c;
+  OPEN_OR_FAIL(store, config, &c);
+  ASSERT_TRUE(c.Save(9100, 1).status.ok());  // A: in host (least recently used) and on NVMe
+  ASSERT_TRUE(c.Save(9101, 1).status.ok());  // B: host is full
+  const std::vector<int32_t> a_tokens = Prompt(9100, kChunkTokens);
+  const std::vector<ChunkKey> a_keys = KeysOf(Spec(), a_tokens);
+  const std::vector<int32_t> dst = Blocks(kDst, kBpc);
+  for (int32_t b : dst) c.engine.Zero(static_cast<uint32_t>(b));
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool evicting_a = false, load_at_copy = false, release_load = false;  // guarded by mu
+  std::optional<Result<Ticket>> load;                                    // guarded by mu
+  const SyncPointCallback cb = [&](std::string_view point, const void* arg) {
+    if (point == "Store::EvictHost:IndexCleared" && *static_cast<const ChunkKey*>(arg) == a_keys[0]) {
+      std::unique_lock<std::mutex> l(mu);
+      if (evicting_a) return;
+      evicting_a = true;
+      load.emplace(store->Load(c.ns, a_tokens, dst));  // pins A now; the other worker runs it
+      // A load that took A's slot reaches its copy while the eviction waits here; one that
+      // reads A from NVMe needs a slot, so it waits for the eviction instead.
+      cv.wait_for(l, std::chrono::milliseconds(500), [&] { return load_at_copy; });
+    } else if (point == "Store::RunLoad:BeforeCopy") {
+      std::unique_lock<std::mutex> l(mu);
+      load_at_copy = true;
+      cv.notify_all();
+      cv.wait_for(l, std::chrono::seconds(20), [&] { return release_load; });
+    }
+  };
+  SetSyncPointCallback(&cb);
+  const Outcome saved = c.Save(9102, 1);  // C: evicts A; its slot is where C goes
+  {
+    std::lock_guard<std::mutex> l(mu);
+    release_load = true;
+  }
+  cv.notify_all();
+  Outcome loaded;
+  {
+    std::unique_lock<std::mutex> l(mu);
+    ASSERT_TRUE(evicting_a) << "the save did not evict A: the test's premise is off";
+    ASSERT_TRUE(load.has_value());
+    l.unlock();
+    loaded = Finish(*load);
+  }
+  SetSyncPointCallback(nullptr);
+  ASSERT_TRUE(saved.status.ok()) << saved.status.ToString();
+  ASSERT_TRUE(loaded.status.ok()) << loaded.status.ToString();
+  ASSERT_EQ(loaded.chunks, 1u);
+  EXPECT_TRUE(HoldsPrompt(c.engine, a_keys, dst, 1)) << "the load copied another chunk's bytes as A's";
+  // ... and A came from NVMe, not from the slot on its way out.
+  EXPECT_GE(store->Stats().promotions, 1u);
 }
 
 // ---- filesystems without O_DIRECT -----------------------------------------------------------------
