@@ -13,6 +13,8 @@
 #include <string>
 #include <type_traits>
 
+#include "common/copy.h"
+
 namespace kvtier {
 namespace {
 
@@ -109,9 +111,9 @@ using PayloadPtr = std::conditional_t<kGather, uint8_t*, const uint8_t*>;
 template <bool kGather>
 inline void CopyRun(uint8_t* engine, PayloadPtr<kGather> payload, size_t n) {
   if constexpr (kGather) {
-    std::memcpy(payload, engine, n);
+    CopyBytes(payload, engine, n);
   } else {
-    std::memcpy(engine, payload, n);
+    CopyBytes(engine, payload, n);
   }
 }
 

@@ -24,6 +24,8 @@ extern "C" {
 #include <unordered_map>
 #include <utility>
 
+#include "common/copy.h"
+
 namespace kvtier {
 namespace {
 
@@ -295,7 +297,7 @@ class RedisClient::Connection {
     // What the reader already holds.
     while (left > 0 && reader_->pos < reader_->len && first < iov.size()) {
       const size_t take = std::min({reader_->len - reader_->pos, iov[first].iov_len, static_cast<size_t>(left)});
-      std::memcpy(iov[first].iov_base, reader_->buf + reader_->pos, take);
+      CopyBytes(iov[first].iov_base, reader_->buf + reader_->pos, take);
       reader_->pos += take;
       left -= take;
       advance(take);

@@ -12,6 +12,8 @@
 #include <memory>
 #include <string_view>
 
+#include "common/copy.h"
+
 namespace kvtier {
 namespace {
 
@@ -112,17 +114,17 @@ class ChunkSink final : public BulkSink {
   bool CopyVerified(const uint8_t* src, uint64_t n, uint64_t checksum) {
     constexpr uint64_t kBlock = 64 << 10;
     if (n <= kBlock) {
-      if (n > 0) std::memcpy(dst_.data(), src, n);
+      if (n > 0) CopyBytes(dst_.data(), src, n);
       return ChunkChecksum(dst_.data(), n) == checksum;
     }
     std::unique_ptr<XXH3_state_t, XXH_errorcode (*)(XXH3_state_t*)> st(XXH3_createState(), XXH3_freeState);
     if (!st || XXH3_64bits_reset(st.get()) != XXH_OK) {  // no memory for the state: two passes
-      std::memcpy(dst_.data(), src, n);
+      CopyBytes(dst_.data(), src, n);
       return ChunkChecksum(dst_.data(), n) == checksum;
     }
     for (uint64_t off = 0; off < n; off += kBlock) {
       const uint64_t len = std::min(kBlock, n - off);
-      std::memcpy(dst_.data() + off, src + off, len);
+      CopyBytes(dst_.data() + off, src + off, len);
       (void)XXH3_64bits_update(st.get(), dst_.data() + off, len);
     }
     return XXH3_64bits_digest(st.get()) == checksum;
