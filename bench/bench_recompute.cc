@@ -255,10 +255,13 @@ struct TierCurve {
   double tiers_gbps = 0;         // `bench tiers` load throughput (its default requests in flight)
   uint32_t tiers_depth = 0;      // those requests in flight
   double tiers_depth1_gbps = 0;  // `bench tiers --depth 1`: one request at a time, as a TTFT sees
-  // This bench's loads as GB/s (per repetition: all its loads' bytes over their time,
-  // median over repetitions), and its ratio to the bench-tiers figures: the median of the
-  // per-repetition ratios, each pair measured back to back on the same Store.
-  double single_gbps = 0, ratio_depth1 = 0, ratio_pipelined = 0;
+  // This bench's own timed loads of requests of the bench-tiers loop's size (agree_chunks
+  // chunks) as GB/s (per repetition: their bytes over their time; median over repetitions),
+  // and its ratio to the bench-tiers figures: the median of the per-repetition ratios, each
+  // pair measured back to back on the same Store. contexts_gbps: the same over the loads of
+  // the measured contexts (larger requests, which run faster; shown for reference).
+  double single_gbps = 0, ratio_depth1 = 0, ratio_pipelined = 0, contexts_gbps = 0;
+  uint64_t agree_chunks = 0;
   uint64_t skipped = 0;          // cold loads not made (a chunk was not NVMe-only)
   double phase_s = 0;            // wall time of this tier's measurements for the shape
 
@@ -398,13 +401,15 @@ Status SaveRequests(Store* store, NamespaceHandle ns, const std::vector<std::vec
 
 // One repetition of the `bench tiers` loop (Workload::Run) on this Store and chunk size:
 // save, then load, with one request in flight and with `depth` in flight.
+// min_loads: the depth-1 loads run at least that many requests (as many as this bench times
+// on its side for the agreement, so that neither side rests on fewer loads).
 Status TiersBenchRep(Workload& w, uint32_t depth, TierId from, const Options& o, std::vector<double>* one,
-                     std::vector<double>* many) {
+                     std::vector<double>* many, uint64_t min_loads = 0) {
   for (uint32_t d : {1u, depth}) {
     w.depth = d;
     Result<double> s = w.Run(true, o.seconds);
     if (!s.ok()) return s.status();
-    Result<double> l = w.Run(false, o.seconds, from);
+    Result<double> l = w.Run(false, o.seconds, from, d == 1 ? min_loads : 0);
     if (!l.ok()) return l.status();
     (d == 1 ? one : many)->push_back(*l);
   }
@@ -428,8 +433,21 @@ uint64_t WorkloadChunks(const Options& o, uint64_t chunk_bytes) {
 
 uint64_t RoundMiB(uint64_t b) { return (b + kMiB - 1) / kMiB * kMiB; }
 
+// Blocks for a request of `chunks` chunks, the k-th such request: consecutive runs of the
+// engine's blocks, moving on by one request each time (as the bench-tiers Workload spreads
+// its requests over the engine), so that the destination is not one cache-resident spot.
+std::vector<int32_t> RotatedBlocks(const EngineKv& e, uint32_t bpc, uint64_t chunks, uint64_t k) {
+  std::vector<int32_t> b(chunks * bpc);
+  const uint64_t nb = e.layout.num_blocks;
+  for (size_t j = 0; j < b.size(); ++j) b[j] = static_cast<int32_t>((k * b.size() + j) % nb);
+  return b;
+}
+
+// rep_single: per repetition, GB/s of this bench's loads of agree_chunks-chunk requests;
+// rep_contexts: the same over its loads of the measured contexts.
 void Finish(TierCurve& c, const ShapeRun& run, uint64_t chunk_bytes, uint32_t ct,
             const std::vector<std::vector<double>>& times, const std::vector<double>& rep_single,
+            const std::vector<double>& rep_contexts, uint64_t agree_chunks,
             const std::vector<double>& one, const std::vector<double>& many, uint32_t depth) {
   std::vector<double> r1, rp;
   for (size_t r = 0; r < rep_single.size() && r < one.size() && r < many.size(); ++r) {
@@ -437,6 +455,8 @@ void Finish(TierCurve& c, const ShapeRun& run, uint64_t chunk_bytes, uint32_t ct
     if (many[r] > 0) rp.push_back(rep_single[r] / many[r]);
   }
   c.single_gbps = rep_single.empty() ? 0 : Median(rep_single);
+  c.contexts_gbps = rep_contexts.empty() ? 0 : Median(rep_contexts);
+  c.agree_chunks = agree_chunks;
   c.ratio_depth1 = r1.empty() ? 0 : Median(r1);
   c.ratio_pipelined = rp.empty() ? 0 : Median(rp);
   for (size_t i = 0; i < run.want.size(); ++i) {
@@ -485,14 +505,17 @@ Status MeasureHost(ShapeRun& run, const Options& o, Progress& prog) {
   for (uint64_t k = 0; k < copies; ++k) copy_tokens.push_back(RequestTokens(1 + k, max_chunks * ct));
   const std::vector<int32_t> blocks = RequestBlocks(engine, bpc, max_chunks);
   Workload w = Workload::ForEngine(store->get(), *ns, spec.shape, engine);
+  // The agreement compares the bench-tiers loop with this bench's loads of its request size.
+  const uint64_t agree_chunks = std::min<uint64_t>(w.chunks_per_request, max_chunks);
+  w.chunks_per_request = static_cast<uint32_t>(agree_chunks);
   const uint64_t workload_chunks = workload_bytes / slot;
   if (workload_chunks / w.chunks_per_request <= 4)
     return Status::Internal("host: chunks of " + std::to_string(chunk_bytes) + " bytes are too large for the bench "
                             "tiers measurement");
   w.max_saved = workload_chunks / w.chunks_per_request - 3;
   std::vector<std::vector<double>> times(run.want.size());
-  std::vector<double> one, many, rep_single;
-  uint64_t next_copy = 0;
+  std::vector<double> one, many, rep_single, rep_contexts;
+  uint64_t next_copy = 0, next_blocks = 0;
   for (uint64_t r = 0; r < o.reps; ++r) {
     // (Re)store the copies if the bench-tiers loop pushed any of them out, and touch each once.
     for (const std::vector<int32_t>& tokens : copy_tokens) {
@@ -515,12 +538,23 @@ Status MeasureHost(ShapeRun& run, const Options& o, Progress& prog) {
         if (pass == 0) prog.Step(what + ": load " + Tokens(run.want[i]) + " tokens");
       }
     }
+    rep_contexts.push_back(bytes / secs / 1e9);
+    // Requests of the bench-tiers loop's size, timed as above, for --seconds: what the
+    // agreement compares (request size moves a load's speed; see docs/recompute.md).
+    bytes = 0, secs = 0;
+    while (secs < o.seconds) {
+      const std::vector<int32_t>& tokens = copy_tokens[next_copy++ % copies];
+      const std::vector<int32_t> b = RotatedBlocks(engine, bpc, agree_chunks, next_blocks++);
+      Result<double> t = TimeLoad(store->get(), *ns, tokens, b, agree_chunks, ct, bpc);
+      if (!t.ok()) return t.status();
+      bytes += static_cast<double>(agree_chunks * chunk_bytes), secs += *t;
+    }
     rep_single.push_back(bytes / secs / 1e9);
     // `bench tiers --tier host` for this chunk size: 1 worker, 2 requests in flight.
     if (Status s = TiersBenchRep(w, 2, TierId::kHost, o, &one, &many); !s.ok()) return s;
     prog.Step(what + ": bench tiers");
   }
-  Finish(c, run, chunk_bytes, ct, times, rep_single, one, many, 2);
+  Finish(c, run, chunk_bytes, ct, times, rep_single, rep_contexts, agree_chunks, one, many, 2);
   return (*store)->UnregisterNamespace(*ns);
 }
 
@@ -536,7 +570,10 @@ Status MeasureCold(ShapeRun& run, const Options& o, TierId tier, const std::stri
   const uint64_t chunk_bytes = ChunkPayloadBytes(run.shape);
   const uint64_t extent = 4096 + (chunk_bytes + 4095) / 4096 * 4096;
   const uint64_t max_chunks = run.want.back() / ct;
-  uint64_t cold_chunks = 0;
+  // Per repetition, kAgreeLoads requests of the bench-tiers loop's size too (the agreement's).
+  constexpr uint64_t kAgreeLoads = 4;
+  const uint64_t agree_chunks = std::min<uint64_t>(WorkloadChunks(o, chunk_bytes), max_chunks);
+  uint64_t cold_chunks = kAgreeLoads * agree_chunks;
   for (uint64_t t : run.want) cold_chunks += t / ct;
   cold_chunks *= o.reps;
 
@@ -551,7 +588,7 @@ Status MeasureCold(ShapeRun& run, const Options& o, TierId tier, const std::stri
     }
   } cleanup{dir};
 
-  const uint64_t cpr = WorkloadChunks(o, chunk_bytes);
+  const uint64_t cpr = agree_chunks;
   const uint32_t depth = PipelinedDepth(o, cpr, chunk_bytes);
   StoreConfig cfg;
   // Room for the largest cold request, and for the bench-tiers requests in flight (each
@@ -606,11 +643,17 @@ Status MeasureCold(ShapeRun& run, const Options& o, TierId tier, const std::stri
   std::vector<std::vector<Cold>> cold(o.reps);
   std::vector<std::vector<int32_t>> to_save;
   uint64_t id = 1;
-  for (uint64_t r = 0; r < o.reps; ++r)
+  constexpr size_t kAgreePoint = SIZE_MAX;  // Cold::point of the agreement's requests
+  for (uint64_t r = 0; r < o.reps; ++r) {
     for (size_t i = 0; i < run.want.size(); ++i) {
       cold[r].push_back({id, run.want[i] / ct, i});
       to_save.push_back(RequestTokens(id++, run.want[i]));
     }
+    for (uint64_t k = 0; k < kAgreeLoads; ++k) {
+      cold[r].push_back({id, agree_chunks, kAgreePoint});
+      to_save.push_back(RequestTokens(id++, agree_chunks * ct));
+    }
+  }
   for (uint64_t filled = 0; filled < host_chunks + 1;) {
     const uint64_t n = std::min<uint64_t>(max_chunks, host_chunks + 1 - filled);
     to_save.push_back(RequestTokens(id++, n * ct));
@@ -621,6 +664,7 @@ Status MeasureCold(ShapeRun& run, const Options& o, TierId tier, const std::stri
   prog.Step(what + ": saved, and pushed out of DRAM", 2);
 
   Workload w = Workload::ForEngine(store->get(), *ns, spec.shape, engine);
+  w.chunks_per_request = static_cast<uint32_t>(agree_chunks);  // the agreement's request size
   w.max_saved = 1u << 20;
   w.depth = depth;
   // The bench-tiers loop loads requests held only on NVMe: save more than DRAM holds first.
@@ -629,9 +673,10 @@ Status MeasureCold(ShapeRun& run, const Options& o, TierId tier, const std::stri
     if (!s.ok()) return s.status();
   }
   std::vector<std::vector<double>> times(run.want.size());
-  std::vector<double> one, many, rep_single;
+  std::vector<double> one, many, rep_single, rep_contexts;
+  uint64_t next_blocks = 0;
   for (uint64_t r = 0; r < o.reps; ++r) {
-    double bytes = 0, secs = 0;
+    double bytes = 0, secs = 0, agree_bytes = 0, agree_secs = 0;
     for (const Cold& q : cold[r]) {
       const std::vector<int32_t> tokens = RequestTokens(q.id, q.chunks * ct);
       Result<LookupResult> lr = (*store)->Lookup(*ns, tokens);
@@ -641,21 +686,27 @@ Status MeasureCold(ShapeRun& run, const Options& o, TierId tier, const std::stri
                                          [tier](TierId t) { return t == tier; });
       if (!cold_only) {
         ++c.skipped;
+      } else if (q.point == kAgreePoint) {
+        const std::vector<int32_t> b = RotatedBlocks(engine, bpc, q.chunks, next_blocks++);
+        Result<double> t = TimeLoad(store->get(), *ns, tokens, b, q.chunks, ct, bpc);
+        if (!t.ok()) return t.status();
+        agree_bytes += static_cast<double>(q.chunks * chunk_bytes), agree_secs += *t;
       } else {
         Result<double> t = TimeLoad(store->get(), *ns, tokens, all_blocks, q.chunks, ct, bpc);
         if (!t.ok()) return t.status();
         times[q.point].push_back(*t);
         bytes += static_cast<double>(q.chunks * chunk_bytes), secs += *t;
       }
-      prog.Step(what + ": cold load " + Tokens(q.chunks * ct) + " tokens");
+      if (q.point != kAgreePoint) prog.Step(what + ": cold load " + Tokens(q.chunks * ct) + " tokens");
     }
-    rep_single.push_back(secs > 0 ? bytes / secs / 1e9 : 0);
+    rep_contexts.push_back(secs > 0 ? bytes / secs / 1e9 : 0);
+    rep_single.push_back(agree_secs > 0 ? agree_bytes / agree_secs / 1e9 : 0);
     // `bench tiers --tier nvme` for this chunk size: one request in flight, then about
     // queue_depth chunks in flight.
-    if (Status s = TiersBenchRep(w, depth, tier, o, &one, &many); !s.ok()) return s;
+    if (Status s = TiersBenchRep(w, depth, tier, o, &one, &many, kAgreeLoads); !s.ok()) return s;
     prog.Step(what + ": bench tiers");
   }
-  Finish(c, run, chunk_bytes, ct, times, rep_single, one, many, depth);
+  Finish(c, run, chunk_bytes, ct, times, rep_single, rep_contexts, agree_chunks, one, many, depth);
   if (!on_nvme) {  // this shape's keys, so that the server does not fill up over the shapes
     Result<RedisEndpoint> ep = ParseRedisEndpoint(where);
     if (ep.ok()) (void)RedisDeletePrefix(*ep, cfg.redis.key_prefix + ":");
@@ -1226,13 +1277,15 @@ int RunBenchRecompute(const std::vector<std::string>& argv) {
 
   // ---- agreement with `bench tiers` in the same run
   if (!json)
-    std::printf("\nAgreement with `kvtier bench tiers` (same chunk size, same Store, same run). single: this bench's "
-                "loads (all measured contexts' bytes / their time, median of reps);\ndepth 1: bench tiers with one request "
-                "in flight (what one request's TTFT sees); pipelined: bench tiers' default requests in flight "
-                "(throughput);\nratio: median of the per-repetition ratios (each pair measured back to back)\n"
-                "%-30s %-5s %9s %7s %8s %8s %7s %-6s %10s %7s %7s\n",
-                "shape (models)", "tier", "chunk MiB", "max tok", "single", "depth 1", "ratio", "agree", "pipelined",
-                "ratio", "secs");
+    std::printf("\nAgreement with `kvtier bench tiers` (same chunk size, same request size, same Store, same run). "
+                "req: chunks per request (bench tiers' ~32 MiB);\nsingle: this bench's own timed loads of such requests "
+                "(median of reps); depth 1: bench tiers with one request in flight (what one request's TTFT sees);\n"
+                "ratio: median of the per-repetition ratios (each pair measured back to back); pipelined: bench tiers' "
+                "default requests in flight (throughput);\ncontexts: this bench's loads of the measured contexts "
+                "(larger requests)\n"
+                "%-30s %-5s %9s %3s %8s %8s %7s %-6s %10s %7s %8s %7s\n",
+                "shape (models)", "tier", "chunk MiB", "req", "single", "depth 1", "ratio", "agree", "pipelined",
+                "ratio", "contexts", "secs");
   for (const ShapeRun& r : runs) {
     for (const std::string& t : tiers) {
       const TierCurve& c = r.tiers.at(t);
@@ -1241,16 +1294,17 @@ int RunBenchRecompute(const std::vector<std::string>& argv) {
       if (json) {
         Report(true).Add("bench", "recompute").Add("section", "agreement").Add("models", r.label).Add("tier", t)
             .Add("chunk_bytes", ChunkPayloadBytes(r.shape)).Add("tokens", c.tokens.back())
-            .Add("single_request_gbps", single, 3).Add("bench_tiers_depth1_gbps", c.tiers_depth1_gbps, 3)
+            .Add("request_chunks", c.agree_chunks).Add("single_request_gbps", single, 3)
+            .Add("contexts_gbps", c.contexts_gbps, 3).Add("bench_tiers_depth1_gbps", c.tiers_depth1_gbps, 3)
             .Add("ratio_depth1", ratio1, 3).Add("agree_within_10pct", agree ? "true" : "false")
             .Add("bench_tiers_gbps", c.tiers_gbps, 3).Add("bench_tiers_depth", uint64_t{c.tiers_depth})
             .Add("ratio_pipelined", ratio, 3).Add("skipped_cold_loads", c.skipped).Add("phase_s", c.phase_s, 1)
             .Add("io", t == "nvme" ? io_backend : "-").Print();
       } else {
-        std::printf("%-30.30s %-5s %9.2f %7s %8.2f %8.2f %7.3f %-6s %7.2f/%-2u %7.3f %7.1f\n", r.label.c_str(),
-                    t.c_str(), static_cast<double>(ChunkPayloadBytes(r.shape)) / kMiB, Tokens(c.tokens.back()).c_str(),
-                    single, c.tiers_depth1_gbps, ratio1, agree ? "yes" : "NO", c.tiers_gbps, c.tiers_depth, ratio,
-                    c.phase_s);
+        std::printf("%-30.30s %-5s %9.2f %3llu %8.2f %8.2f %7.3f %-6s %7.2f/%-2u %7.3f %8.2f %7.1f\n",
+                    r.label.c_str(), t.c_str(), static_cast<double>(ChunkPayloadBytes(r.shape)) / kMiB,
+                    static_cast<unsigned long long>(c.agree_chunks), single, c.tiers_depth1_gbps, ratio1,
+                    agree ? "yes" : "NO", c.tiers_gbps, c.tiers_depth, ratio, c.contexts_gbps, c.phase_s);
       }
     }
   }

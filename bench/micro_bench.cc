@@ -1,9 +1,13 @@
 // Google Benchmark micro-benchmarks of the pieces on every request's path: chunk keys,
-// the radix index, the chunk codec (header and checksum).
+// the radix index, the chunk codec (header and checksum), the copy of KV bytes.
 #include <benchmark/benchmark.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <random>
 #include <vector>
+
+#include "common/copy.h"
 
 #include "index/chunk_key.h"
 #include "index/radix_index.h"
@@ -95,6 +99,34 @@ void BM_ChunkChecksum(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * payload.size());
 }
 BENCHMARK(BM_ChunkChecksum)->Arg(2 << 20)->Arg(32 << 20);
+
+// Copies of 18 KiB pieces (one DeepSeek-V3 engine block of one layer) over 256 MiB, with the
+// destination `distance` bytes after the source modulo 4 KiB: memcpy (arg 0) against
+// CopyBytes (arg 1). Distances 1-31 are memcpy's slow case on some machines (common/copy.h).
+void BM_CopyAtDistance(benchmark::State& state) {
+  const size_t distance = static_cast<size_t>(state.range(0));
+  const bool ours = state.range(1) != 0;
+  constexpr size_t kPiece = 18432, kTotal = 256u << 20;
+  auto* src = static_cast<uint8_t*>(std::aligned_alloc(4096, kTotal + 4096));
+  auto* dst = static_cast<uint8_t*>(std::aligned_alloc(4096, kTotal + 4096));
+  std::memset(src, 1, kTotal + 4096);
+  std::memset(dst, 2, kTotal + 4096);
+  for (auto _ : state) {
+    for (size_t off = 0; off + kPiece <= kTotal; off += kPiece) {
+      if (ours) {
+        CopyBytes(dst + distance + off, src + off, kPiece);
+      } else {
+        std::memcpy(dst + distance + off, src + off, kPiece);
+      }
+    }
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * (kTotal / kPiece) * kPiece);
+  std::free(src);
+  std::free(dst);
+}
+BENCHMARK(BM_CopyAtDistance)->ArgNames({"distance", "copybytes"})->ArgsProduct({{0, 16, 64}, {0, 1}})
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace kvtier

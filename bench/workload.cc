@@ -111,7 +111,7 @@ void Workload::Request(uint64_t id, std::vector<int32_t>* tokens, std::vector<in
   for (uint32_t j = 0; j < nb; ++j) (*blocks)[j] = static_cast<int32_t>((id * nb + j) % num_blocks);
 }
 
-Result<double> Workload::Run(bool save, double seconds, TierId load_from) {
+Result<double> Workload::Run(bool save, double seconds, TierId load_from, uint64_t min_requests) {
   struct InFlight {
     Ticket t;
     std::vector<int32_t> tokens, blocks;
@@ -144,8 +144,10 @@ Result<double> Workload::Run(bool save, double seconds, TierId load_from) {
   const auto t0 = Clock::now();
   const auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
   bool exhausted = false;
-  while ((Clock::now() < deadline && !exhausted) || !q.empty()) {
-    if (Clock::now() < deadline && !exhausted && q.size() < depth) {
+  uint64_t submitted = 0;
+  auto more = [&] { return !exhausted && (Clock::now() < deadline || submitted < min_requests); };
+  while (more() || !q.empty()) {
+    if (more() && q.size() < depth) {
       uint64_t id = 0;
       if (save) {
         id = next_id++;
@@ -173,6 +175,7 @@ Result<double> Workload::Run(bool save, double seconds, TierId load_from) {
       if (!t.ok()) return t.status();
       f.t = std::move(*t);
       q.push_back(std::move(f));
+      ++submitted;
       if (save) {
         saved.push_back(id);
         if (saved.size() > max_saved) saved.pop_front();

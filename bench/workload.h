@@ -57,11 +57,12 @@ struct Workload {
   static Workload ForEngine(Store* store, NamespaceHandle ns, const KvShape& shape, const EngineKv& engine);
 
   void Request(uint64_t id, std::vector<int32_t>* tokens, std::vector<int32_t>* blocks) const;
-  // Keeps `depth` requests in flight for `seconds` and returns GB/s of chunks moved.
-  // Saves store new requests. Loads read requests that are fully cached with every chunk
-  // in `load_from` when they are submitted (a request promoted to a faster tier by an
-  // earlier load is skipped, so NVMe loads stay cold).
-  Result<double> Run(bool save, double seconds, TierId load_from = TierId::kHost);
+  // Keeps `depth` requests in flight for `seconds` (and until at least `min_requests` were
+  // submitted) and returns GB/s of chunks moved. Saves store new requests. Loads read
+  // requests that are fully cached with every chunk in `load_from` when they are submitted
+  // (a request promoted to a faster tier by an earlier load is skipped, so NVMe loads stay
+  // cold).
+  Result<double> Run(bool save, double seconds, TierId load_from = TierId::kHost, uint64_t min_requests = 0);
 };
 
 }  // namespace kvtier::bench
