@@ -589,13 +589,15 @@ Status MeasureCold(ShapeRun& run, const Options& o, TierId tier, const std::stri
   } cleanup{dir};
 
   const uint64_t cpr = agree_chunks;
-  const uint32_t depth = PipelinedDepth(o, cpr, chunk_bytes);
+  // Pipelined: NVMe as `bench tiers --tier nvme` keeps its queue busy; Redis as `bench tiers
+  // --tier redis` runs, 4 workers and 4 requests in flight.
+  const uint32_t depth = on_nvme ? PipelinedDepth(o, cpr, chunk_bytes) : 4;
   StoreConfig cfg;
   // Room for the largest cold request, and for the bench-tiers requests in flight (each
   // pins its chunks in DRAM until done), as `bench tiers --tier nvme` sizes it.
   cfg.host_capacity_bytes = RoundMiB(std::max(max_chunks * (chunk_bytes + 8192) + 96 * kMiB,
                                               2 * depth * cpr * chunk_bytes + 256 * kMiB));
-  cfg.worker_threads = 16;  // as `bench tiers --tier nvme` (queue depth 16)
+  cfg.worker_threads = on_nvme ? 16 : 4;  // as `bench tiers --tier nvme` (queue depth 16), `--tier redis`
   const uint64_t host_chunks = cfg.host_capacity_bytes / chunk_bytes + 1;
   // Cold requests, the filler, the bench-tiers fill and its saves (at most ~4 GB/s).
   const double tiers_saves = static_cast<double>(o.reps) * 2 * o.seconds * 4e9;
