@@ -13,7 +13,9 @@ namespace kvtier {
 namespace {
 
 struct PageBuffer {
-  explicit PageBuffer(size_t bytes) : p(static_cast<uint8_t*>(std::aligned_alloc(4096, bytes))), n(bytes) {}
+  // aligned_alloc wants a size that is a multiple of the alignment.
+  explicit PageBuffer(size_t bytes)
+      : p(static_cast<uint8_t*>(std::aligned_alloc(4096, (bytes + 4095) / 4096 * 4096))), n(bytes) {}
   ~PageBuffer() { std::free(p); }
   uint8_t* p;
   size_t n;
