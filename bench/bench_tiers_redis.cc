@@ -48,7 +48,7 @@ KvShape LlamaShape() {  // Llama-3-8B: 32 layers, 8 KV heads, head dim 128, bf16
 int RunBenchTiersRedis(const std::vector<std::string>& argv) {
   Result<Args> a = Args::Parse(argv,
                                {"tier", "sizes", "seconds", "reps", "host-capacity-mib", "engine-mib", "workers",
-                                "depth", "redis", "redis-benchmark-requests"},
+                                "depth", "redis", "redis-benchmark-requests", "get-piece-kib"},
                                {"json", "lz4", "no-redis-benchmark"});
   if (!a.ok()) return Fail(a.status());
   auto sizes = a->GetDoubleList("sizes", {2, 8, 32});
@@ -59,8 +59,10 @@ int RunBenchTiersRedis(const std::vector<std::string>& argv) {
   auto workers = a->GetUint("workers", 4);
   auto depth = a->GetUint("depth", 0);
   auto rb_requests = a->GetUint("redis-benchmark-requests", 0);
+  auto piece_kib = a->GetUint("get-piece-kib", RedisConfig{}.get_piece_bytes >> 10);
   for (const Status* s : {&sizes.status(), &seconds.status(), &reps.status(), &host_mib.status(),
-                          &engine_mib.status(), &workers.status(), &depth.status(), &rb_requests.status()})
+                          &engine_mib.status(), &workers.status(), &depth.status(), &rb_requests.status(),
+                          &piece_kib.status()})
     if (!s->ok()) return Fail(*s);
   if (*reps == 0 || *workers == 0) return Fail(Status::InvalidArgument("--reps and --workers must be at least 1"));
   const bool json = a->Has("json");
@@ -88,6 +90,7 @@ int RunBenchTiersRedis(const std::vector<std::string>& argv) {
   cfg.redis.pool_size = static_cast<uint32_t>(*workers);
   cfg.redis.op_timeout_ms = 30000;  // a busy machine slows Redis; that is not an outage here
   cfg.redis.lz4 = a->Has("lz4");
+  cfg.redis.get_piece_bytes = *piece_kib << 10;
   cfg.redis.key_prefix = "kvtbench-store";
   cfg.redis.policy = WritePolicy::kWriteThrough;
   Result<std::unique_ptr<Store>> store = Store::Open(cfg);

@@ -753,6 +753,7 @@ const std::vector<Key>& Keys() {
       UintKey("redis.ttl_seconds", 0, 0xffffffffu, KVT_FIELD(c.store.redis.ttl_seconds),
               KVT_CFIELD(c.store.redis.ttl_seconds)),
       BoolKey("redis.lz4", KVT_FIELD(c.store.redis.lz4), KVT_CFIELD(c.store.redis.lz4)),
+      SizeKey("redis.get_piece", 0, KVT_FIELD(c.store.redis.get_piece_bytes), KVT_CFIELD(c.store.redis.get_piece_bytes)),
       StringKey("redis.key_prefix", CheckNonEmpty, KVT_FIELD(c.store.redis.key_prefix),
                 KVT_CFIELD(c.store.redis.key_prefix)),
       SizeKey("redis.capacity", 0, KVT_FIELD(c.store.redis.capacity_bytes), KVT_CFIELD(c.store.redis.capacity_bytes)),

@@ -1456,6 +1456,7 @@ Result<std::unique_ptr<Store>> Store::Open(const StoreConfig& config) {
     ro.op_timeout_per_mib = std::chrono::microseconds(rc.op_timeout_per_mib_us);
     ro.ttl_seconds = rc.ttl_seconds;
     ro.compression = rc.lz4 ? RedisCompression::kLz4 : RedisCompression::kNone;
+    ro.get_piece_bytes = rc.get_piece_bytes;
     ro.key_prefix = rc.key_prefix;
     Result<std::unique_ptr<RedisTier>> rt = RedisTier::Open(ro);
     if (!rt.ok()) return rt.status().WithContext("store: redis tier: ");

@@ -284,7 +284,9 @@ TEST(RedisTierStandalone, DirectAndBufferedRepliesMixInOnePipeline) {
   TempDir dir;
   RedisServer server;
   ASSERT_TRUE(server.Start(dir.path()));
-  auto tier = OpenTier(StandaloneOptions(server));
+  RedisTierOptions o = StandaloneOptions(server);
+  o.get_piece_bytes = 0;  // every value with one GET (RangedReads... below reads in pieces)
+  auto tier = OpenTier(o);
   ASSERT_TRUE(tier);
   // 0: 512 KiB, 1: absent, 2: 16 KiB, 3: 512 KiB with a payload byte changed, 4: 512 KiB
   // cut short (still over the direct threshold), 5: 2 MiB, 6: 256 KiB.
@@ -328,6 +330,120 @@ TEST(RedisTierStandalone, DirectAndBufferedRepliesMixInOnePipeline) {
   tier->Get(again);
   for (const RedisGetItem& g : again) EXPECT_EQ(g.result, RedisItemResult::kOk) << g.status.ToString();
   EXPECT_TRUE(dst[0] == c[0].payload && dst[5] == c[5].payload && dst[2] == c[2].payload);
+}
+
+// A large uncompressed value is read as GETRANGEs of get_piece_bytes. Values whose pieces
+// do not add up (LZ4, cut short) or do not check out are read again with one GET, which
+// decides; an absent key is a miss without a second read. Pieces and GETs share a pipeline.
+TEST(RedisTierStandalone, RangedReadsRoundTripAndFallBackToOneGet) {
+  SKIP_WITHOUT_REDIS();
+  TempDir dir;
+  RedisServer server;
+  ASSERT_TRUE(server.Start(dir.path()));
+  RedisTierOptions o = StandaloneOptions(server);
+  o.get_piece_bytes = 64 << 10;  // 512 KiB values: 8 pieces and a 128-byte one
+  auto tier = OpenTier(o);
+  ASSERT_TRUE(tier);
+  RedisTierOptions lz = StandaloneOptions(server);
+  lz.compression = RedisCompression::kLz4;
+  auto lz_tier = OpenTier(lz);
+  ASSERT_TRUE(lz_tier);
+  // 0: 512 KiB, 1: absent, 2: 16 KiB (one GET), 3: 512 KiB with a payload byte changed,
+  // 4: 512 KiB cut short, 5: 512 KiB stored with LZ4 by another tier, 6: a list, 7: 2 MiB.
+  std::vector<Chunk> c;
+  const std::vector<KvShape> shapes = {ShapeOf(8), ShapeOf(8), ShapeOf(1, 16, 2, 128), ShapeOf(8),
+                                       ShapeOf(8), ShapeOf(8), ShapeOf(8), ShapeOf(32)};
+  for (size_t i = 0; i < shapes.size(); ++i)
+    c.emplace_back(TestNs(), KeyOf(400 + i), shapes[i], 400 + i, /*padded=*/i == 5);
+  std::vector<RedisPutItem> puts;
+  for (size_t i : {0, 2, 3, 4, 7}) puts.push_back(c[i].Put());
+  ASSERT_TRUE(tier->Put(puts).ok());
+  std::vector<RedisPutItem> lz_put = {c[5].Put()};
+  ASSERT_TRUE(lz_tier->Put(lz_put).ok());
+  ASSERT_LT(lz_tier->Stats().stored_bytes_saved, c[5].payload.size());  // it is compressed
+  std::vector<std::string> k;
+  for (const Chunk& x : c) k.push_back(tier->KeyFor(x.ns, x.key));
+  server.Cli({"SETRANGE", k[3], std::to_string(kChunkHeaderBytes + 300000), "Z"});
+  server.Cli({"EVAL", "local v = redis.call('GET', KEYS[1]); return redis.call('SET', KEYS[1], string.sub(v, 1, #v - 4096))",
+              "1", k[4]});
+  server.Cli({"LPUSH", k[6], "x"});
+
+  std::vector<std::vector<uint8_t>> dst(c.size());
+  std::vector<RedisGetItem> gets(c.size());
+  for (size_t i = 0; i < c.size(); ++i) {
+    dst[i].assign(c[i].payload.size(), 0xAB);
+    gets[i].id = c[i].Id();
+    gets[i].dst = dst[i];
+  }
+  std::vector<int> verified(c.size(), 0);
+  const RedisTierStats before = tier->Stats();
+  tier->Get(gets, {}, [&](size_t i) { ++verified[i]; });
+  const RedisItemResult want[] = {RedisItemResult::kOk,         RedisItemResult::kNotFound, RedisItemResult::kOk,
+                                  RedisItemResult::kCorruption, RedisItemResult::kCorruption, RedisItemResult::kOk,
+                                  RedisItemResult::kCorruption, RedisItemResult::kOk};
+  for (size_t i = 0; i < c.size(); ++i) {
+    EXPECT_EQ(gets[i].result, want[i]) << i << ": " << gets[i].status.ToString();
+    EXPECT_EQ(verified[i], want[i] == RedisItemResult::kOk ? 1 : 0) << i;
+    if (want[i] == RedisItemResult::kOk) {
+      EXPECT_TRUE(dst[i] == c[i].payload) << "chunk " << i << " differs";
+    }
+  }
+  EXPECT_NE(gets[3].status.message().find("checksum"), std::string::npos) << gets[3].status.ToString();
+  const RedisTierStats after = tier->Stats();
+  EXPECT_EQ(after.piece_rereads - before.piece_rereads, 3u);  // 3, 4 and 5 (the list fails at once)
+  EXPECT_EQ(after.hits - before.hits, 4u);
+  EXPECT_EQ(after.misses - before.misses, 1u);
+  EXPECT_EQ(after.corrupt - before.corrupt, 3u);
+  for (size_t i : {3, 4, 6}) EXPECT_EQ(server.Cli({"EXISTS", k[i]}), "0") << i << " not deleted";
+  for (size_t i : {0, 5, 7}) EXPECT_EQ(server.Cli({"EXISTS", k[i]}), "1") << i;
+  // The connection is in step afterwards.
+  std::vector<RedisGetItem> again = {gets[7], gets[0], gets[2]};
+  tier->Get(again);
+  for (const RedisGetItem& g : again) EXPECT_EQ(g.result, RedisItemResult::kOk) << g.status.ToString();
+  EXPECT_TRUE(dst[0] == c[0].payload && dst[7] == c[7].payload && dst[2] == c[2].payload);
+}
+
+// A value overwritten while it is read in pieces may come back as pieces of two versions;
+// that must never be served: the checksum fails and one GET reads a whole version.
+TEST(RedisTierStandalone, RangedReadOfAValueOverwrittenMeanwhileIsNeverMixed) {
+  SKIP_WITHOUT_REDIS();
+  TempDir dir;
+  RedisServer server;
+  ASSERT_TRUE(server.Start(dir.path()));
+  RedisTierOptions o = StandaloneOptions(server);
+  o.get_piece_bytes = 32 << 10;
+  auto reader = OpenTier(o);
+  auto writer = OpenTier(StandaloneOptions(server));
+  ASSERT_TRUE(reader && writer);
+  // Two versions of one chunk (same key and shape, different bytes), 4 MiB each.
+  const Chunk a(TestNs(), KeyOf(500), ShapeOf(64), 1), b(TestNs(), KeyOf(500), ShapeOf(64), 2);
+  ASSERT_FALSE(a.payload == b.payload);
+  std::vector<RedisPutItem> first = {a.Put()};
+  ASSERT_TRUE(writer->Put(first).ok());
+  std::atomic<bool> stop{false};
+  std::thread w([&] {
+    for (uint64_t n = 0; !stop.load(); ++n) {
+      std::vector<RedisPutItem> p = {(n % 2 == 0 ? b : a).Put()};
+      (void)writer->Put(p);
+    }
+  });
+  std::vector<uint8_t> dst(a.payload.size());
+  int mixed = 0, not_ok = 0;
+  for (int n = 0; n < 100; ++n) {
+    RedisGetItem g;
+    g.id = a.Id();
+    g.dst = dst;
+    reader->Get(std::span<RedisGetItem>(&g, 1));
+    if (g.result != RedisItemResult::kOk) ++not_ok;
+    else if (dst != a.payload && dst != b.payload) ++mixed;
+  }
+  stop = true;
+  w.join();
+  EXPECT_EQ(mixed, 0);
+  EXPECT_EQ(not_ok, 0);
+  // How often a read met a write between its pieces (not asserted: it depends on timing).
+  std::printf("reads read again whole: %llu of 100\n",
+              static_cast<unsigned long long>(reader->Stats().piece_rereads));
 }
 
 TEST(RedisTierStandalone, ValueUnderAnotherKeyIsAMiss) {

@@ -135,6 +135,9 @@ class ChunkSink final : public BulkSink {
   bool called() const { return called_; }
   uint64_t bytes() const { return bytes_; }
   const Status& status() const { return status_; }
+  // Where a value read in pieces puts its header (then OnDirect checks it as a direct one's).
+  std::span<uint8_t> header() { return header_; }
+  std::span<uint8_t> dst() const { return dst_; }
 
  private:
   const ChunkIdentity* id_;
@@ -145,6 +148,63 @@ class ChunkSink final : public BulkSink {
   bool called_ = false;
   uint64_t bytes_ = 0;
   Status status_;
+};
+
+// A value read as GETRANGEs (RedisTierOptions::get_piece_bytes): what its pieces have done.
+struct RangedValue {
+  uint64_t total = 0;     // the value's expected length: header + payload of dst's size
+  uint32_t left = 0;      // pieces not yet in place
+  bool mismatch = false;  // a piece came back with another length: not that value (LZ4, or
+                          // overwritten or removed meanwhile); read it again with GET
+  bool empty = false;     // the first piece came back empty: no such key
+};
+
+// One GETRANGE of a value read in pieces: value bytes [off, off + len), received straight into
+// the item's header buffer and destination. When the last piece is in place, the item's
+// ChunkSink checks the whole value as it checks a direct GET (OnDirect).
+class PieceSink final : public BulkSink {
+ public:
+  PieceSink(ChunkSink* item, RangedValue* value, uint64_t off, uint64_t len)
+      : item_(item), value_(value), off_(off), len_(len) {}
+
+  bool Direct(size_t len, std::vector<iovec>* iov) override {
+    if (len != len_) return false;
+    iov->clear();
+    ForEachRegion([&](uint8_t* p, size_t n, size_t) { iov->push_back(iovec{p, n}); });
+    return true;
+  }
+  void OnDirect(size_t /*len*/) override { Done(); }
+  void OnBulk(const uint8_t* data, size_t len) override {
+    if (len != len_) {
+      (len == 0 && off_ == 0 ? value_->empty : value_->mismatch) = true;
+      return;
+    }
+    ForEachRegion([&](uint8_t* p, size_t n, size_t at) { CopyBytes(p, data + at, n); });
+    Done();
+  }
+
+ private:
+  // fn(dst, bytes, offset within this piece) for the piece's part of the header, then of the
+  // payload.
+  template <typename Fn>
+  void ForEachRegion(Fn&& fn) {
+    const uint64_t end = off_ + len_;
+    if (off_ < kChunkHeaderBytes) {
+      const uint64_t n = std::min<uint64_t>(end, kChunkHeaderBytes) - off_;
+      fn(item_->header().data() + off_, n, 0);
+    }
+    if (end > kChunkHeaderBytes) {
+      const uint64_t from = std::max<uint64_t>(off_, kChunkHeaderBytes);
+      fn(item_->dst().data() + (from - kChunkHeaderBytes), end - from, from - off_);
+    }
+  }
+  void Done() {
+    if (--value_->left == 0 && !value_->mismatch && !value_->empty) item_->OnDirect(value_->total);
+  }
+
+  ChunkSink* item_;
+  RangedValue* value_;
+  uint64_t off_, len_;
 };
 
 }  // namespace
@@ -198,14 +258,21 @@ std::string RedisTier::KeyFor(const NamespaceId& ns, const ChunkKey& key) const 
   return options_.key_prefix + ":" + ns.ToHex() + ":" + key.ToHex();
 }
 
-void RedisTier::Run(std::span<RedisCommand> commands, std::span<const uint64_t> value_bytes, RedisDeadline deadline) {
+void RedisTier::Run(std::span<RedisCommand> commands, std::span<const uint64_t> value_bytes, RedisDeadline deadline,
+                    std::span<const size_t> value_of) {
+  auto value = [&](size_t i) { return value_of.empty() ? i : value_of[i]; };
   size_t begin = 0;
   while (begin < commands.size()) {
-    size_t end = begin;
+    size_t end = begin, values = 0;
     uint64_t bytes = 0;
-    while (end < commands.size() && end - begin < options_.max_batch_values &&
-           (end == begin || bytes + value_bytes[end] <= options_.max_batch_bytes))
-      bytes += value_bytes[end++];
+    while (end < commands.size()) {
+      // The next value's commands: [end, next).
+      size_t next = end;
+      uint64_t b = 0;
+      while (next < commands.size() && value(next) == value(end)) b += value_bytes[next++];
+      if (end > begin && (values == options_.max_batch_values || bytes + b > options_.max_batch_bytes)) break;
+      bytes += b, ++values, end = next;
+    }
     (void)client_->Execute(commands.subspan(begin, end - begin), deadline);
     begin = end;
   }
@@ -332,12 +399,15 @@ void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline,
     unavailable_.fetch_add(items.size(), std::memory_order_relaxed);
     return;
   }
+  // Values this tier stored compressed have unknown lengths: those are read whole.
+  const uint64_t piece = options_.compression == RedisCompression::kNone ? options_.get_piece_bytes : 0;
   std::vector<std::string> keys(items.size());
   std::vector<ChunkSink> sinks;
   sinks.reserve(items.size());
-  std::vector<RedisCommand> cmds;
-  std::vector<size_t> owner;
-  std::vector<uint64_t> value_bytes;
+  std::vector<RangedValue> ranged(items.size());
+  std::vector<PieceSink> pieces;
+  std::vector<std::string> offsets;  // GETRANGE's start and end arguments, two per piece
+  std::vector<size_t> valid;
   for (size_t i = 0; i < items.size(); ++i) {
     RedisGetItem& it = items[i];
     sinks.emplace_back(&it.id, it.dst, i, &on_verified);
@@ -348,36 +418,62 @@ void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline,
       continue;
     }
     keys[i] = KeyFor(it.id.ns, it.id.key);
-    RedisCommand c;
-    c.key = keys[i];
-    c.args = {RedisArg("GET"), RedisArg(keys[i])};
-    c.sink = &sinks[i];
-    cmds.push_back(std::move(c));
-    owner.push_back(i);
-    value_bytes.push_back(kChunkHeaderBytes + it.dst.size());
-    cmds.back().weight = value_bytes.back();
+    valid.push_back(i);
+    const uint64_t len = kChunkHeaderBytes + it.dst.size();
+    if (piece > 0 && len > 2 * piece) {
+      ranged[i].total = len;
+      ranged[i].left = static_cast<uint32_t>((len + piece - 1) / piece);
+    }
+  }
+  size_t piece_count = 0;
+  for (size_t i : valid) piece_count += ranged[i].left;
+  pieces.reserve(piece_count);  // sinks are pointed to: no reallocation
+  offsets.reserve(2 * piece_count);
+  std::vector<RedisCommand> cmds;
+  std::vector<size_t> owner;  // item of each command
+  std::vector<uint64_t> value_bytes;
+  std::vector<size_t> first_cmd(items.size(), 0);
+  for (size_t i : valid) {
+    first_cmd[i] = cmds.size();
+    if (ranged[i].left == 0) {
+      RedisCommand c;
+      c.key = keys[i];
+      c.args = {RedisArg("GET"), RedisArg(keys[i])};
+      c.sink = &sinks[i];
+      c.weight = kChunkHeaderBytes + items[i].dst.size();
+      value_bytes.push_back(c.weight);
+      cmds.push_back(std::move(c));
+      owner.push_back(i);
+      continue;
+    }
+    for (uint64_t off = 0; off < ranged[i].total; off += piece) {
+      const uint64_t n = std::min(piece, ranged[i].total - off);
+      pieces.emplace_back(&sinks[i], &ranged[i], off, n);
+      offsets.push_back(std::to_string(off));
+      offsets.push_back(std::to_string(off + n - 1));
+      RedisCommand c;
+      c.key = keys[i];
+      c.args = {RedisArg("GETRANGE"), RedisArg(keys[i]), RedisArg(offsets[offsets.size() - 2]),
+                RedisArg(offsets.back())};
+      c.sink = &pieces.back();
+      c.weight = n;
+      value_bytes.push_back(n);
+      cmds.push_back(std::move(c));
+      owner.push_back(i);
+    }
   }
   if (cmds.empty()) {
     if (d == CircuitBreaker::Decision::kProbe) breaker_.AbandonProbe();
     return;
   }
-  Run(cmds, value_bytes, deadline);
+  Run(cmds, value_bytes, deadline, owner);
+
   bool failed = false, timed_out = false;
   std::vector<std::string> bad;
-  for (size_t k = 0; k < cmds.size(); ++k) {
-    size_t i = owner[k];
+  // The outcome of item i from a reply to GET (or from a value read in pieces, whose last
+  // piece had the sink check it).
+  auto settle = [&](size_t i, const RedisReply& r, const ChunkSink& s) {
     RedisGetItem& it = items[i];
-    const RedisCommand& c = cmds[k];
-    const ChunkSink& s = sinks[i];
-    if (Unanswered(c)) {
-      failed = true;
-      timed_out |= c.status.code() == Status::Code::kTimedOut;
-      it.result = RedisItemResult::kUnavailable;
-      it.status = c.status.ok() ? Status::IOError("redis tier: no reply") : c.status;
-      unavailable_.fetch_add(1, std::memory_order_relaxed);
-      continue;
-    }
-    const RedisReply& r = *c.reply;
     if (r.type == RedisReply::Type::kNil) {
       it.result = RedisItemResult::kNotFound;
       it.status = Status::NotFound("redis tier: chunk not in Redis");
@@ -403,6 +499,63 @@ void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline,
       it.result = RedisItemResult::kUnavailable;
       it.status = Status::IOError("redis tier get: unexpected reply: " + r.str);
       unavailable_.fetch_add(1, std::memory_order_relaxed);
+    }
+  };
+  auto unanswered = [&](size_t i, const RedisCommand& c) {
+    failed = true;
+    timed_out |= c.status.code() == Status::Code::kTimedOut;
+    items[i].result = RedisItemResult::kUnavailable;
+    items[i].status = c.status.ok() ? Status::IOError("redis tier: no reply") : c.status;
+    unavailable_.fetch_add(1, std::memory_order_relaxed);
+  };
+  std::vector<size_t> again;  // values read in pieces that must be read whole
+  for (size_t i : valid) {
+    if (ranged[i].total == 0) {
+      const RedisCommand& c = cmds[first_cmd[i]];
+      if (Unanswered(c)) unanswered(i, c);
+      else settle(i, *c.reply, sinks[i]);
+      continue;
+    }
+    const size_t count = (ranged[i].total + piece - 1) / piece;
+    const RedisCommand* gone = nullptr;
+    const RedisCommand* error = nullptr;
+    for (size_t k = first_cmd[i]; k < first_cmd[i] + count; ++k) {
+      if (Unanswered(cmds[k])) gone = gone ? gone : &cmds[k];
+      else if (cmds[k].reply->type != RedisReply::Type::kString) error = error ? error : &cmds[k];
+    }
+    if (gone != nullptr) {
+      unanswered(i, *gone);
+    } else if (error != nullptr) {
+      settle(i, *error->reply, sinks[i]);  // WRONGTYPE: not our value; else unavailable
+    } else if (ranged[i].empty) {
+      RedisReply nil;
+      settle(i, nil, sinks[i]);
+    } else if (sinks[i].called() && sinks[i].status().ok()) {
+      settle(i, *cmds[first_cmd[i]].reply, sinks[i]);
+    } else {
+      // Another length (LZ4, a foreign value), a failed check, or a value overwritten between
+      // pieces: one GET decides, atomically.
+      again.push_back(i);
+    }
+  }
+  if (!again.empty()) {
+    piece_rereads_.fetch_add(again.size(), std::memory_order_relaxed);
+    std::vector<ChunkSink> whole;
+    whole.reserve(again.size());
+    std::vector<RedisCommand> retry(again.size());
+    std::vector<uint64_t> retry_bytes(again.size());
+    for (size_t k = 0; k < again.size(); ++k) {
+      const size_t i = again[k];
+      whole.emplace_back(&items[i].id, items[i].dst, i, &on_verified);
+      retry[k].key = keys[i];
+      retry[k].args = {RedisArg("GET"), RedisArg(keys[i])};
+      retry[k].sink = &whole.back();
+      retry[k].weight = retry_bytes[k] = ranged[i].total;
+    }
+    Run(retry, retry_bytes, deadline);
+    for (size_t k = 0; k < again.size(); ++k) {
+      if (Unanswered(retry[k])) unanswered(again[k], retry[k]);
+      else settle(again[k], *retry[k].reply, whole[k]);
     }
   }
   if (failed) breaker_.RecordFailure(timed_out);
@@ -488,6 +641,7 @@ RedisTierStats RedisTier::Stats() const {
   s.unavailable = unavailable_.load(std::memory_order_relaxed);
   s.bytes_out = bytes_out_.load(std::memory_order_relaxed);
   s.bytes_in = bytes_in_.load(std::memory_order_relaxed);
+  s.piece_rereads = piece_rereads_.load(std::memory_order_relaxed);
   s.raw_bytes_saved = raw_saved_.load(std::memory_order_relaxed);
   s.stored_bytes_saved = stored_saved_.load(std::memory_order_relaxed);
   s.compression_ratio = s.stored_bytes_saved == 0 ? 1.0

@@ -13,10 +13,15 @@
 // kOk, kNotFound (absent), kCorruption (a check failed: treated as a miss, the key is
 // deleted), kUnavailable (breaker open, timeout, connection or server error) or kInvalid
 // (the caller's item is malformed). Get never leaves unverified bytes in a destination
-// under kOk: the header, identity and length are checked while the value is still in the
-// reader's buffer; an uncompressed payload is then copied and checksummed block by block (one
-// pass), an LZ4 payload is checksummed before it is decompressed into the destination. A
-// destination may hold scratch after a non-kOk outcome.
+// under kOk. A large uncompressed value is read as pipelined GETRANGEs of get_piece_bytes
+// straight into the destination (its header into a buffer of its own), then the header,
+// identity, length and checksum are checked there; a value whose pieces do not add up to the
+// expected length (LZ4, foreign, or overwritten or removed meanwhile), or that fails a check,
+// is read again with one GET, which decides. A value read with GET is checked while it is
+// still in the reader's buffer (or, when large, once received into the destination); an
+// uncompressed payload is then copied and checksummed block by block (one pass), an LZ4
+// payload is checksummed before it is decompressed into the destination. A destination may
+// hold scratch after a non-kOk outcome.
 //
 // A CircuitBreaker (circuit_breaker.h) guards every call: a call with any unanswered item
 // is a failure, a fully answered one a success. While open, Get/Exists return misses
@@ -70,6 +75,13 @@ struct RedisTierOptions {
   // read the first, and serves large GETs at about half speed on a busy machine.
   uint64_t max_in_flight_bytes = 8ull << 20;
   uint64_t max_batch_bytes = 256ull << 20;      // value bytes per pipelined round trip
+  // Get reads an uncompressed value longer than 2 x get_piece_bytes as GETRANGEs of
+  // get_piece_bytes each (0: always one GET). Redis copies a GET reply into one output
+  // block as large as the value; jemalloc, Redis's allocator, hands blocks of 8 MiB and more
+  // back to the kernel when they are freed, so each large GET faults its reply's pages in
+  // again, and a GET of 32 MiB runs at about half the speed of the same bytes in 1 MiB
+  // ranges (docs/benchmarks.md, "Redis tier").
+  uint64_t get_piece_bytes = 1ull << 20;
   uint32_t max_rounds = 5;                      // cluster: redirect/retry rounds per call
 };
 
@@ -109,6 +121,7 @@ struct RedisTierStats {
   uint64_t errors = 0, timeouts = 0;    // calls that failed (as the breaker counts them)
   uint64_t bytes_out = 0;               // value bytes written (header + stored payload)
   uint64_t bytes_in = 0;                // value bytes read
+  uint64_t piece_rereads = 0;           // values read in pieces that had to be read again whole
   uint64_t raw_bytes_saved = 0;         // payload bytes before the codec, of saved items
   uint64_t stored_bytes_saved = 0;      // and after it
   double compression_ratio = 1.0;       // raw / stored so far (1 without compression)
@@ -151,9 +164,11 @@ class RedisTier {
  private:
   RedisTier(const RedisTierOptions& options, std::unique_ptr<RedisClient> client);
   RedisDeadline DeadlineOr(RedisDeadline d, uint64_t value_bytes) const;
-  // Runs commands in slices of max_batch_values / max_batch_bytes (value_bytes[i] is the
-  // size of command i's value); reports the call's outcome to the breaker.
-  void Run(std::span<RedisCommand> commands, std::span<const uint64_t> value_bytes, RedisDeadline deadline);
+  // Runs commands in slices of max_batch_values values / max_batch_bytes (value_bytes[i] is
+  // the size of command i's value; value_of[i], when given, the value command i reads part
+  // of: a slice never splits a value's commands).
+  void Run(std::span<RedisCommand> commands, std::span<const uint64_t> value_bytes, RedisDeadline deadline,
+           std::span<const size_t> value_of = {});
   void DeleteKeys(const std::vector<std::string>& keys, RedisDeadline deadline);
 
   // Constant after Open.
@@ -163,7 +178,8 @@ class RedisTier {
   CircuitBreaker breaker_;  // thread-safe
 
   std::atomic<uint64_t> puts_{0}, puts_ok_{0}, gets_{0}, hits_{0}, misses_{0}, corrupt_{0}, exists_probes_{0},
-      exists_hits_{0}, removes_{0}, unavailable_{0}, bytes_out_{0}, bytes_in_{0}, raw_saved_{0}, stored_saved_{0};
+      exists_hits_{0}, removes_{0}, unavailable_{0}, bytes_out_{0}, bytes_in_{0}, piece_rereads_{0}, raw_saved_{0},
+      stored_saved_{0};
 };
 
 }  // namespace kvtier
