@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <cstdlib>
@@ -78,11 +79,48 @@ Status Phase(redisContext* c, bool set, const std::vector<std::string>& keys, co
   return Status::OK();
 }
 
+// Reads `count` values of keys in turn as GETRANGEs of `piece` bytes, `depth` values' worth
+// of commands in flight; each reply must be a string of the piece's length.
+Status RangedPhase(redisContext* c, const std::vector<std::string>& keys, uint64_t value_bytes, uint64_t piece,
+                   uint32_t count, uint32_t depth) {
+  const uint64_t per_value = (value_bytes + piece - 1) / piece;
+  const uint64_t total = per_value * count, window = per_value * depth;
+  std::vector<std::string> ranges;  // "start", "end" per piece of a value
+  for (uint64_t off = 0; off < value_bytes; off += piece) {
+    ranges.push_back(std::to_string(off));
+    ranges.push_back(std::to_string(std::min(off + piece, value_bytes) - 1));
+  }
+  uint64_t sent = 0, got = 0;
+  while (got < total) {
+    while (sent < total && sent - got < window) {
+      const std::string& key = keys[(sent / per_value) % keys.size()];
+      const uint64_t p = sent % per_value;
+      const char* argv[4] = {"GETRANGE", key.data(), ranges[2 * p].data(), ranges[2 * p + 1].data()};
+      size_t lens[4] = {8, key.size(), ranges[2 * p].size(), ranges[2 * p + 1].size()};
+      if (redisAppendCommandArgv(c, 4, argv, lens) != REDIS_OK)
+        return Status::IOError(std::string("redis limit: append: ") + c->errstr);
+      ++sent;
+    }
+    void* reply = nullptr;
+    if (redisGetReply(c, &reply) != REDIS_OK || reply == nullptr)
+      return Status::IOError(std::string("redis limit: reply: ") + c->errstr);
+    auto* r = static_cast<redisReply*>(reply);
+    const uint64_t p = got % per_value;
+    const uint64_t want = std::min(piece, value_bytes - p * piece);
+    const bool bad = r->type != REDIS_REPLY_STRING || static_cast<uint64_t>(r->len) != want;
+    std::string err = r->type == REDIS_REPLY_ERROR ? r->str : "unexpected GETRANGE reply";
+    freeReplyObject(r);
+    if (bad) return Status::IOError("redis limit: " + err);
+    ++got;
+  }
+  return Status::OK();
+}
+
 }  // namespace
 
 Result<RedisRawLimit> MeasureRedisRawLimit(const RedisEndpoint& ep, uint64_t value_bytes, uint32_t connections,
                                            uint32_t depth, uint32_t values_per_connection, const std::string& key_prefix,
-                                           const std::vector<std::string>& read_keys) {
+                                           const std::vector<std::string>& read_keys, uint64_t get_piece_bytes) {
   if (connections == 0 || depth == 0 || values_per_connection == 0)
     return Status::InvalidArgument("redis limit: connections, depth and values must be > 0");
   std::vector<redisContext*> ctx;
@@ -103,7 +141,11 @@ Result<RedisRawLimit> MeasureRedisRawLimit(const RedisEndpoint& ep, uint64_t val
   RedisRawLimit out;
   out.values = uint64_t{connections} * values_per_connection;
   Status first;
-  for (bool set : {true, false}) {
+  enum PhaseKind { kSet, kGet, kGetRange };
+  const bool ranged = get_piece_bytes > 0 && value_bytes > 2 * get_piece_bytes;
+  for (PhaseKind kind : {kSet, kGet, kGetRange}) {
+    if (kind == kGetRange && !ranged) break;
+    const bool set = kind == kSet;
     std::vector<Status> st(connections);
     auto t0 = Clock::now();
     std::vector<std::thread> threads;
@@ -112,14 +154,18 @@ Result<RedisRawLimit> MeasureRedisRawLimit(const RedisEndpoint& ep, uint64_t val
       for (size_t i = 0; i < read_keys.size(); ++i) get_keys[i % connections].push_back(read_keys[i]);
     for (uint32_t c = 0; c < connections; ++c) {
       const std::vector<std::string>& k = !set && !get_keys[c].empty() ? get_keys[c] : keys[c];
-      threads.emplace_back([&, c] { st[c] = Phase(ctx[c], set, k, value, values_per_connection, depth); });
+      threads.emplace_back([&, c] {
+        st[c] = kind == kGetRange
+                    ? RangedPhase(ctx[c], k, value_bytes, get_piece_bytes, values_per_connection, depth)
+                    : Phase(ctx[c], set, k, value, values_per_connection, depth);
+      });
     }
     for (auto& t : threads) t.join();
     double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     for (const Status& s : st)
       if (!s.ok() && first.ok()) first = s;
     double gbps = static_cast<double>(out.values * value_bytes) / secs / 1e9;
-    (set ? out.set_gbps : out.get_gbps) = gbps;
+    (kind == kSet ? out.set_gbps : kind == kGet ? out.get_gbps : out.getrange_gbps) = gbps;
   }
   for (uint32_t c = 0; c < connections; ++c) {
     for (const std::string& k : keys[c]) redisAppendCommand(ctx[c], "DEL %b", k.data(), k.size());

@@ -26,7 +26,10 @@ struct RedisEndpoint {
 struct RedisRawLimit {
   double set_gbps = 0;  // value bytes per second / 1e9, all connections together
   double get_gbps = 0;
+  double getrange_gbps = 0;  // the same reads as GETRANGEs of get_piece_bytes (0: not measured)
   uint64_t values = 0;  // per phase, all connections
+  // What a tier reading this way is held to: the faster of GET and GETRANGEs.
+  double read_gbps() const { return get_gbps > getrange_gbps ? get_gbps : getrange_gbps; }
 };
 
 // `connections` threads, each with its own connection, keep `depth` commands in flight
@@ -36,11 +39,14 @@ struct RedisRawLimit {
 // value_bytes long; connection c reads keys c, c + connections, ... in turn). A server
 // serves a value it has just written faster than one written long ago among many (it is
 // still in the CPU's caches): a tier that reads what it wrote earlier is compared with raw
-// GETs of those same keys.
+// GETs of those same keys. With get_piece_bytes > 0 and values longer than twice that (as
+// the tier decides, RedisTierOptions::get_piece_bytes), a third phase reads the same keys as
+// GETRANGEs of get_piece_bytes, depth values' worth in flight.
 Result<RedisRawLimit> MeasureRedisRawLimit(const RedisEndpoint& ep, uint64_t value_bytes, uint32_t connections,
                                            uint32_t depth, uint32_t values_per_connection,
                                            const std::string& key_prefix = "kvtbench",
-                                           const std::vector<std::string>& read_keys = {});
+                                           const std::vector<std::string>& read_keys = {},
+                                           uint64_t get_piece_bytes = 0);
 
 // The same, through the tier's transport (RedisClient: its RESP writer, hiredis's reply
 // parser, a sink that copies each value to a buffer) without chunk header, checksum or
