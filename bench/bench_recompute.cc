@@ -349,12 +349,6 @@ std::vector<int32_t> RequestTokens(uint64_t id, uint64_t n) {
   return t;
 }
 
-std::vector<int32_t> RequestBlocks(const EngineKv& e, uint32_t blocks_per_chunk, uint64_t chunks) {
-  std::vector<int32_t> b(chunks * blocks_per_chunk);
-  for (size_t j = 0; j < b.size(); ++j) b[j] = static_cast<int32_t>(j % e.layout.num_blocks);
-  return b;
-}
-
 // Times one load of the first `chunks` chunks of `tokens`.
 Result<double> TimeLoad(Store* store, NamespaceHandle ns, const std::vector<int32_t>& tokens,
                         const std::vector<int32_t>& blocks, uint64_t chunks, uint32_t ct, uint32_t bpc) {
@@ -441,6 +435,11 @@ std::vector<int32_t> RotatedBlocks(const EngineKv& e, uint32_t bpc, uint64_t chu
   const uint64_t nb = e.layout.num_blocks;
   for (size_t j = 0; j < b.size(); ++j) b[j] = static_cast<int32_t>((k * b.size() + j) % nb);
   return b;
+}
+
+// The engine's blocks from the first on, for a request of `chunks` chunks.
+std::vector<int32_t> RequestBlocks(const EngineKv& e, uint32_t bpc, uint64_t chunks) {
+  return RotatedBlocks(e, bpc, chunks, 0);
 }
 
 // rep_single: per repetition, GB/s of this bench's loads of agree_chunks-chunk requests;
