@@ -120,7 +120,8 @@ Status RangedPhase(redisContext* c, const std::vector<std::string>& keys, uint64
 
 Result<RedisRawLimit> MeasureRedisRawLimit(const RedisEndpoint& ep, uint64_t value_bytes, uint32_t connections,
                                            uint32_t depth, uint32_t values_per_connection, const std::string& key_prefix,
-                                           const std::vector<std::string>& read_keys, uint64_t get_piece_bytes) {
+                                           const std::vector<std::string>& read_keys, uint64_t get_piece_bytes,
+                                           const std::string& new_keys_tag) {
   if (connections == 0 || depth == 0 || values_per_connection == 0)
     return Status::InvalidArgument("redis limit: connections, depth and values must be > 0");
   std::vector<redisContext*> ctx;
@@ -141,11 +142,27 @@ Result<RedisRawLimit> MeasureRedisRawLimit(const RedisEndpoint& ep, uint64_t val
   RedisRawLimit out;
   out.values = uint64_t{connections} * values_per_connection;
   Status first;
-  enum PhaseKind { kSet, kGet, kGetRange };
+  auto del_keys = [&] {
+    for (uint32_t c = 0; c < connections; ++c) {
+      for (const std::string& k : keys[c]) redisAppendCommand(ctx[c], "DEL %b", k.data(), k.size());
+      for (size_t i = 0; i < keys[c].size(); ++i) {
+        void* r = nullptr;
+        if (redisGetReply(ctx[c], &r) == REDIS_OK && r != nullptr) freeReplyObject(r);
+      }
+    }
+  };
+  std::vector<std::vector<std::string>> new_keys(connections);
+  if (!new_keys_tag.empty())
+    for (uint32_t c = 0; c < connections; ++c)
+      for (uint32_t i = 0; i < values_per_connection; ++i)
+        new_keys[c].push_back(key_prefix + ":rawnew:" + new_keys_tag + ":" + std::to_string(c) + ":" + std::to_string(i));
+  enum PhaseKind { kSet, kSetNew, kGet, kGetRange };
   const bool ranged = get_piece_bytes > 0 && value_bytes > 2 * get_piece_bytes;
-  for (PhaseKind kind : {kSet, kGet, kGetRange}) {
+  for (PhaseKind kind : {kSet, kSetNew, kGet, kGetRange}) {
+    if (kind == kSetNew && new_keys_tag.empty()) continue;
     if (kind == kGetRange && !ranged) break;
-    const bool set = kind == kSet;
+    if (kind == kSetNew) del_keys();  // as after a save phase, the server has just freed values
+    const bool set = kind == kSet || kind == kSetNew;
     std::vector<Status> st(connections);
     auto t0 = Clock::now();
     std::vector<std::thread> threads;
@@ -153,7 +170,11 @@ Result<RedisRawLimit> MeasureRedisRawLimit(const RedisEndpoint& ep, uint64_t val
     if (!set && !read_keys.empty())
       for (size_t i = 0; i < read_keys.size(); ++i) get_keys[i % connections].push_back(read_keys[i]);
     for (uint32_t c = 0; c < connections; ++c) {
-      const std::vector<std::string>& k = !set && !get_keys[c].empty() ? get_keys[c] : keys[c];
+      // Reads: the given keys, else the SETs' keys (the new ones once the others are gone).
+      const std::vector<std::string>& k = kind == kSetNew                    ? new_keys[c]
+                                          : !set && !get_keys[c].empty()     ? get_keys[c]
+                                          : !set && !new_keys_tag.empty()    ? new_keys[c]
+                                                                             : keys[c];
       threads.emplace_back([&, c] {
         st[c] = kind == kGetRange
                     ? RangedPhase(ctx[c], k, value_bytes, get_piece_bytes, values_per_connection, depth)
@@ -165,16 +186,11 @@ Result<RedisRawLimit> MeasureRedisRawLimit(const RedisEndpoint& ep, uint64_t val
     for (const Status& s : st)
       if (!s.ok() && first.ok()) first = s;
     double gbps = static_cast<double>(out.values * value_bytes) / secs / 1e9;
-    (kind == kSet ? out.set_gbps : kind == kGet ? out.get_gbps : out.getrange_gbps) = gbps;
+    (kind == kSet ? out.set_gbps : kind == kSetNew ? out.set_new_gbps : kind == kGet ? out.get_gbps : out.getrange_gbps) =
+        gbps;
   }
-  for (uint32_t c = 0; c < connections; ++c) {
-    for (const std::string& k : keys[c]) redisAppendCommand(ctx[c], "DEL %b", k.data(), k.size());
-    for (size_t i = 0; i < keys[c].size(); ++i) {
-      void* r = nullptr;
-      if (redisGetReply(ctx[c], &r) == REDIS_OK && r != nullptr) freeReplyObject(r);
-    }
-    redisFree(ctx[c]);
-  }
+  del_keys();  // the SETs' keys, unless the SET-new phase deleted them already
+  for (redisContext* c : ctx) redisFree(c);
   if (!first.ok()) return first;
   return out;
 }

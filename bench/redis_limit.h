@@ -25,6 +25,7 @@ struct RedisEndpoint {
 
 struct RedisRawLimit {
   double set_gbps = 0;  // value bytes per second / 1e9, all connections together
+  double set_new_gbps = 0;  // SETs that each create a key (0: not measured)
   double get_gbps = 0;
   double getrange_gbps = 0;  // the same reads as GETRANGEs of get_piece_bytes (0: not measured)
   uint64_t values = 0;  // per phase, all connections
@@ -33,20 +34,25 @@ struct RedisRawLimit {
 };
 
 // `connections` threads, each with its own connection, keep `depth` commands in flight
-// (append depth, read depth) until each has moved `values_per_connection` values; SETs
-// first (key_prefix:raw:<conn>:<i mod depth>, overwritten in turn; deleted after), then
-// GETs of the same keys, or, when `read_keys` is given, GETs of those existing keys (each
-// value_bytes long; connection c reads keys c, c + connections, ... in turn). A server
-// serves a value it has just written faster than one written long ago among many (it is
-// still in the CPU's caches): a tier that reads what it wrote earlier is compared with raw
-// GETs of those same keys. With get_piece_bytes > 0 and values longer than twice that (as
-// the tier decides, RedisTierOptions::get_piece_bytes), a third phase reads the same keys as
-// GETRANGEs of get_piece_bytes, depth values' worth in flight.
+// (append depth, read depth) until each has moved `values_per_connection` values. Phases:
+// - SET: keys key_prefix:raw:<conn>:<i mod depth>, overwritten in turn (deleted after).
+// - SET new (with new_keys_tag non-empty): after the DEL of those keys, as many SETs that each
+//   create a key, key_prefix:rawnew:<new_keys_tag>:<conn>:<i>, as a tier's saves of new
+//   chunks do. These keys are left for the caller to delete (RedisDeletePrefix(key_prefix +
+//   ":rawnew:")), so the memory they took is not handed to whatever the server does next.
+// - GET: of `read_keys` when given (each value_bytes long; connection c reads keys c,
+//   c + connections, ... in turn), else of the keys the SETs wrote. A server serves a value
+//   it has just written faster than one written long ago among many (it is still in the
+//   CPU's caches): a tier that reads what it wrote earlier is compared with raw GETs of
+//   those same keys.
+// - GETRANGE (with get_piece_bytes > 0 and values longer than twice that, as the tier
+//   decides, RedisTierOptions::get_piece_bytes): the same keys as GETRANGEs of
+//   get_piece_bytes, depth values' worth in flight.
 Result<RedisRawLimit> MeasureRedisRawLimit(const RedisEndpoint& ep, uint64_t value_bytes, uint32_t connections,
                                            uint32_t depth, uint32_t values_per_connection,
                                            const std::string& key_prefix = "kvtbench",
                                            const std::vector<std::string>& read_keys = {},
-                                           uint64_t get_piece_bytes = 0);
+                                           uint64_t get_piece_bytes = 0, const std::string& new_keys_tag = "");
 
 // The same, through the tier's transport (RedisClient: its RESP writer, hiredis's reply
 // parser, a sink that copies each value to a buffer) without chunk header, checksum or

@@ -153,15 +153,17 @@ class ChunkSink final : public BulkSink {
 // A value read as GETRANGEs (RedisTierOptions::get_piece_bytes): what its pieces have done.
 struct RangedValue {
   uint64_t total = 0;     // the value's expected length: header + payload of dst's size
-  uint32_t left = 0;      // pieces not yet in place
+  uint64_t commands = 0;  // its GETRANGEs: one for the end (must be empty), then the pieces
+  uint64_t left = 0;      // of those, not yet in place
   bool mismatch = false;  // a piece came back with another length: not that value (LZ4, or
                           // overwritten or removed meanwhile); read it again with GET
   bool empty = false;     // the first piece came back empty: no such key
 };
 
 // One GETRANGE of a value read in pieces: value bytes [off, off + len), received straight into
-// the item's header buffer and destination. When the last piece is in place, the item's
-// ChunkSink checks the whole value as it checks a direct GET (OnDirect).
+// the item's header buffer and destination; or, with off = the value's length and len = 0,
+// the GETRANGE that must come back empty (a longer value is not the one expected). When all
+// are in, the item's ChunkSink checks the whole value as it checks a direct GET (OnDirect).
 class PieceSink final : public BulkSink {
  public:
   PieceSink(ChunkSink* item, RangedValue* value, uint64_t off, uint64_t len)
@@ -179,7 +181,9 @@ class PieceSink final : public BulkSink {
       (len == 0 && off_ == 0 ? value_->empty : value_->mismatch) = true;
       return;
     }
-    ForEachRegion([&](uint8_t* p, size_t n, size_t at) { CopyBytes(p, data + at, n); });
+    ForEachRegion([&](uint8_t* p, size_t n, size_t at) {
+      if (n > 0) CopyBytes(p, data + at, n);
+    });
     Done();
   }
 
@@ -229,6 +233,9 @@ Result<std::unique_ptr<RedisTier>> RedisTier::Open(const RedisTierOptions& optio
   if (options.key_prefix.empty()) return Status::InvalidArgument("redis tier: key_prefix must not be empty");
   if (options.max_batch_values == 0 || options.max_batch_bytes == 0)
     return Status::InvalidArgument("redis tier: max_batch_values and max_batch_bytes must be > 0");
+  if (options.get_piece_bytes != 0 && options.get_piece_bytes < (64 << 10))
+    return Status::InvalidArgument("redis tier: get_piece_bytes must be 0 (one GET per value) or at least 64 KiB, not " +
+                                   std::to_string(options.get_piece_bytes));
   if (options.op_timeout.count() <= 0 || options.op_timeout_per_mib.count() < 0)
     return Status::InvalidArgument("redis tier: op_timeout must be > 0 and op_timeout_per_mib >= 0");
   RedisClientOptions co;
@@ -422,11 +429,11 @@ void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline,
     const uint64_t len = kChunkHeaderBytes + it.dst.size();
     if (piece > 0 && len > 2 * piece) {
       ranged[i].total = len;
-      ranged[i].left = static_cast<uint32_t>((len + piece - 1) / piece);
+      ranged[i].commands = ranged[i].left = (len + piece - 1) / piece + 1;
     }
   }
   size_t piece_count = 0;
-  for (size_t i : valid) piece_count += ranged[i].left;
+  for (size_t i : valid) piece_count += ranged[i].commands;
   pieces.reserve(piece_count);  // sinks are pointed to: no reallocation
   offsets.reserve(2 * piece_count);
   std::vector<RedisCommand> cmds;
@@ -435,7 +442,7 @@ void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline,
   std::vector<size_t> first_cmd(items.size(), 0);
   for (size_t i : valid) {
     first_cmd[i] = cmds.size();
-    if (ranged[i].left == 0) {
+    if (ranged[i].commands == 0) {
       RedisCommand c;
       c.key = keys[i];
       c.args = {RedisArg("GET"), RedisArg(keys[i])};
@@ -446,11 +453,13 @@ void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline,
       owner.push_back(i);
       continue;
     }
-    for (uint64_t off = 0; off < ranged[i].total; off += piece) {
-      const uint64_t n = std::min(piece, ranged[i].total - off);
+    // First the end (nothing may follow the expected length), then the pieces in order.
+    for (uint64_t k = 0; k < ranged[i].commands; ++k) {
+      const uint64_t off = k == 0 ? ranged[i].total : (k - 1) * piece;
+      const uint64_t n = k == 0 ? 0 : std::min(piece, ranged[i].total - off);
       pieces.emplace_back(&sinks[i], &ranged[i], off, n);
       offsets.push_back(std::to_string(off));
-      offsets.push_back(std::to_string(off + n - 1));
+      offsets.push_back(std::to_string(k == 0 ? off : off + n - 1));
       RedisCommand c;
       c.key = keys[i];
       c.args = {RedisArg("GETRANGE"), RedisArg(keys[i]), RedisArg(offsets[offsets.size() - 2]),
@@ -516,7 +525,7 @@ void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline,
       else settle(i, *c.reply, sinks[i]);
       continue;
     }
-    const size_t count = (ranged[i].total + piece - 1) / piece;
+    const uint64_t count = ranged[i].commands;
     const RedisCommand* gone = nullptr;
     const RedisCommand* error = nullptr;
     for (size_t k = first_cmd[i]; k < first_cmd[i] + count; ++k) {

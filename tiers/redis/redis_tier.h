@@ -80,7 +80,9 @@ struct RedisTierOptions {
   // block as large as the value; jemalloc, Redis's allocator, hands blocks of 8 MiB and more
   // back to the kernel when they are freed, so each large GET faults its reply's pages in
   // again, and a GET of 32 MiB runs at about half the speed of the same bytes in 1 MiB
-  // ranges (docs/benchmarks.md, "Redis tier").
+  // ranges (docs/benchmarks.md, "Redis tier"). 0 or at least 64 KiB. One more GETRANGE, of
+  // the byte after the expected length, must come back empty: a longer value is not the one
+  // expected (a GET would see its length).
   uint64_t get_piece_bytes = 1ull << 20;
   uint32_t max_rounds = 5;                      // cluster: redirect/retry rounds per call
 };
