@@ -53,24 +53,21 @@ Result<redisContext*> ConnectRaw(const RedisEndpoint& ep) {
   return c;
 }
 
-// One phase on one connection: `count` commands, `depth` in flight.
-Status Phase(redisContext* c, bool set, const std::vector<std::string>& keys, const std::string& value,
-             uint32_t count, uint32_t depth) {
-  uint32_t sent = 0, got = 0;
-  while (got < count) {
-    while (sent < count && sent - got < depth) {
-      const std::string& key = keys[sent % keys.size()];
-      const char* argv[3] = {set ? "SET" : "GET", key.data(), value.data()};
-      size_t lens[3] = {3, key.size(), value.size()};
-      if (redisAppendCommandArgv(c, set ? 3 : 2, argv, lens) != REDIS_OK)
-        return Status::IOError(std::string("redis limit: append: ") + c->errstr);
+// Keeps up to `window` commands in flight on one connection until `total` replies are in:
+// append(i) appends command i (hiredis status), check(reply, i) says whether reply i is right.
+template <typename Append, typename Check>
+Status Pipeline(redisContext* c, uint64_t total, uint64_t window, Append&& append, Check&& check) {
+  uint64_t sent = 0, got = 0;
+  while (got < total) {
+    while (sent < total && sent - got < window) {
+      if (append(sent) != REDIS_OK) return Status::IOError(std::string("redis limit: append: ") + c->errstr);
       ++sent;
     }
     void* reply = nullptr;
     if (redisGetReply(c, &reply) != REDIS_OK || reply == nullptr)
       return Status::IOError(std::string("redis limit: reply: ") + c->errstr);
     auto* r = static_cast<redisReply*>(reply);
-    bool bad = r->type == REDIS_REPLY_ERROR || (!set && (r->type != REDIS_REPLY_STRING || static_cast<size_t>(r->len) != value.size()));
+    const bool bad = r->type == REDIS_REPLY_ERROR || !check(*r, got);
     std::string err = r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply";
     freeReplyObject(r);
     if (bad) return Status::IOError("redis limit: " + err);
@@ -79,41 +76,46 @@ Status Phase(redisContext* c, bool set, const std::vector<std::string>& keys, co
   return Status::OK();
 }
 
+// One phase on one connection: `count` SETs or GETs of keys in turn, `depth` in flight.
+Status Phase(redisContext* c, bool set, const std::vector<std::string>& keys, const std::string& value,
+             uint32_t count, uint32_t depth) {
+  return Pipeline(
+      c, count, depth,
+      [&](uint64_t i) {
+        const std::string& key = keys[i % keys.size()];
+        const char* argv[3] = {set ? "SET" : "GET", key.data(), value.data()};
+        size_t lens[3] = {3, key.size(), value.size()};
+        return redisAppendCommandArgv(c, set ? 3 : 2, argv, lens);
+      },
+      [&](const redisReply& r, uint64_t) {
+        return set || (r.type == REDIS_REPLY_STRING && static_cast<size_t>(r.len) == value.size());
+      });
+}
+
 // Reads `count` values of keys in turn as GETRANGEs of `piece` bytes, `depth` values' worth
 // of commands in flight; each reply must be a string of the piece's length.
 Status RangedPhase(redisContext* c, const std::vector<std::string>& keys, uint64_t value_bytes, uint64_t piece,
                    uint32_t count, uint32_t depth) {
   const uint64_t per_value = (value_bytes + piece - 1) / piece;
-  const uint64_t total = per_value * count, window = per_value * depth;
   std::vector<std::string> ranges;  // "start", "end" per piece of a value
   for (uint64_t off = 0; off < value_bytes; off += piece) {
     ranges.push_back(std::to_string(off));
     ranges.push_back(std::to_string(std::min(off + piece, value_bytes) - 1));
   }
-  uint64_t sent = 0, got = 0;
-  while (got < total) {
-    while (sent < total && sent - got < window) {
-      const std::string& key = keys[(sent / per_value) % keys.size()];
-      const uint64_t p = sent % per_value;
-      const char* argv[4] = {"GETRANGE", key.data(), ranges[2 * p].data(), ranges[2 * p + 1].data()};
-      size_t lens[4] = {8, key.size(), ranges[2 * p].size(), ranges[2 * p + 1].size()};
-      if (redisAppendCommandArgv(c, 4, argv, lens) != REDIS_OK)
-        return Status::IOError(std::string("redis limit: append: ") + c->errstr);
-      ++sent;
-    }
-    void* reply = nullptr;
-    if (redisGetReply(c, &reply) != REDIS_OK || reply == nullptr)
-      return Status::IOError(std::string("redis limit: reply: ") + c->errstr);
-    auto* r = static_cast<redisReply*>(reply);
-    const uint64_t p = got % per_value;
-    const uint64_t want = std::min(piece, value_bytes - p * piece);
-    const bool bad = r->type != REDIS_REPLY_STRING || static_cast<uint64_t>(r->len) != want;
-    std::string err = r->type == REDIS_REPLY_ERROR ? r->str : "unexpected GETRANGE reply";
-    freeReplyObject(r);
-    if (bad) return Status::IOError("redis limit: " + err);
-    ++got;
-  }
-  return Status::OK();
+  return Pipeline(
+      c, per_value * count, per_value * depth,
+      [&](uint64_t i) {
+        const std::string& key = keys[(i / per_value) % keys.size()];
+        const std::string& from = ranges[2 * (i % per_value)];
+        const std::string& to = ranges[2 * (i % per_value) + 1];
+        const char* argv[4] = {"GETRANGE", key.data(), from.data(), to.data()};
+        size_t lens[4] = {8, key.size(), from.size(), to.size()};
+        return redisAppendCommandArgv(c, 4, argv, lens);
+      },
+      [&](const redisReply& r, uint64_t i) {
+        const uint64_t p = i % per_value;
+        return r.type == REDIS_REPLY_STRING && static_cast<uint64_t>(r.len) == std::min(piece, value_bytes - p * piece);
+      });
 }
 
 }  // namespace

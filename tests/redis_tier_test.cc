@@ -109,19 +109,33 @@ std::unique_ptr<RedisTier> OpenTier(const RedisTierOptions& o) {
   return t.ok() ? std::move(*t) : nullptr;
 }
 
+// One get per chunk, each into its own buffer in *dst (filled with 0xAB first).
+std::vector<RedisGetItem> GetsInto(const std::vector<Chunk>& chunks, std::vector<std::vector<uint8_t>>* dst) {
+  dst->assign(chunks.size(), {});
+  std::vector<RedisGetItem> gets(chunks.size());
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    (*dst)[i].assign(chunks[i].payload.size(), 0xAB);
+    gets[i].id = chunks[i].Id();
+    gets[i].dst = (*dst)[i];
+  }
+  return gets;
+}
+
+// Shortens the value under `key` by `bytes` on the server.
+void CutShort(const RedisServer& server, const std::string& key, size_t bytes) {
+  server.Cli({"EVAL", "local v = redis.call('GET', KEYS[1]); return redis.call('SET', KEYS[1], string.sub(v, 1, #v - " +
+                          std::to_string(bytes) + "))",
+              "1", key});
+}
+
 // Puts the chunks, gets them back, checks every byte.
 void RoundTrip(RedisTier* tier, const std::vector<Chunk>& chunks) {
   std::vector<RedisPutItem> puts;
   for (const Chunk& c : chunks) puts.push_back(c.Put());
   Status st = tier->Put(puts);
   ASSERT_TRUE(st.ok()) << st.ToString();
-  std::vector<std::vector<uint8_t>> dst(chunks.size());
-  std::vector<RedisGetItem> gets(chunks.size());
-  for (size_t i = 0; i < chunks.size(); ++i) {
-    dst[i].assign(chunks[i].payload.size(), 0xAB);
-    gets[i].id = chunks[i].Id();
-    gets[i].dst = dst[i];
-  }
+  std::vector<std::vector<uint8_t>> dst;
+  std::vector<RedisGetItem> gets = GetsInto(chunks, &dst);
   tier->Get(gets);
   for (size_t i = 0; i < chunks.size(); ++i) {
     ASSERT_EQ(gets[i].result, RedisItemResult::kOk) << i << ": " << gets[i].status.ToString();
@@ -300,18 +314,12 @@ TEST(RedisTierStandalone, DirectAndBufferedRepliesMixInOnePipeline) {
   ASSERT_TRUE(tier->Put(puts).ok());
   server.Cli({"SETRANGE", tier->KeyFor(c[3].ns, c[3].key), std::to_string(kChunkHeaderBytes + 70000), "Z"});
   const std::string k4 = tier->KeyFor(c[4].ns, c[4].key);
-  server.Cli({"EVAL", "local v = redis.call('GET', KEYS[1]); return redis.call('SET', KEYS[1], string.sub(v, 1, #v - 4096))",
-              "1", k4});
+  CutShort(server, k4, 4096);
   ASSERT_EQ(std::stoull(server.Cli({"STRLEN", k4})), kChunkHeaderBytes + c[4].payload.size() - 4096);
   const uint64_t direct_before = tier->Stats().client.direct_replies;
 
-  std::vector<std::vector<uint8_t>> dst(c.size());
-  std::vector<RedisGetItem> gets(c.size());
-  for (size_t i = 0; i < c.size(); ++i) {
-    dst[i].assign(c[i].payload.size(), 0xAB);
-    gets[i].id = c[i].Id();
-    gets[i].dst = dst[i];
-  }
+  std::vector<std::vector<uint8_t>> dst;
+  std::vector<RedisGetItem> gets = GetsInto(c, &dst);
   tier->Get(gets);
   const RedisItemResult want[] = {RedisItemResult::kOk,         RedisItemResult::kNotFound, RedisItemResult::kOk,
                                   RedisItemResult::kCorruption, RedisItemResult::kCorruption, RedisItemResult::kOk,
@@ -366,18 +374,12 @@ TEST(RedisTierStandalone, RangedReadsRoundTripAndFallBackToOneGet) {
   std::vector<std::string> k;
   for (const Chunk& x : c) k.push_back(tier->KeyFor(x.ns, x.key));
   server.Cli({"SETRANGE", k[3], std::to_string(kChunkHeaderBytes + 300000), "Z"});
-  server.Cli({"EVAL", "local v = redis.call('GET', KEYS[1]); return redis.call('SET', KEYS[1], string.sub(v, 1, #v - 4096))",
-              "1", k[4]});
+  CutShort(server, k[4], 4096);
   server.Cli({"LPUSH", k[6], "x"});
   server.Cli({"APPEND", k[8], "tail"});
 
-  std::vector<std::vector<uint8_t>> dst(c.size());
-  std::vector<RedisGetItem> gets(c.size());
-  for (size_t i = 0; i < c.size(); ++i) {
-    dst[i].assign(c[i].payload.size(), 0xAB);
-    gets[i].id = c[i].Id();
-    gets[i].dst = dst[i];
-  }
+  std::vector<std::vector<uint8_t>> dst;
+  std::vector<RedisGetItem> gets = GetsInto(c, &dst);
   std::vector<int> verified(c.size(), 0);
   const RedisTierStats before = tier->Stats();
   tier->Get(gets, {}, [&](size_t i) { ++verified[i]; });
