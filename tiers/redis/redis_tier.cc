@@ -40,7 +40,11 @@ class ChunkSink final : public BulkSink {
     return true;
   }
 
-  void OnDirect(size_t len) override {
+  void OnDirect(size_t len) override { FinishDirect(len, nullptr); }
+
+  // OnDirect's checks; `payload_checksum`, when given, is the destination's checksum already
+  // computed as its bytes arrived (a value read in pieces), else it is computed here.
+  void FinishDirect(size_t len, const uint64_t* payload_checksum) {
     called_ = true;
     bytes_ = len;
     Result<ChunkHeader> h = CheckHeader(header_, len);
@@ -52,9 +56,8 @@ class ChunkSink final : public BulkSink {
       status_ = Status::Corruption("redis value: compressed payload as large as the raw one");
       return;
     }
-    status_ = ChunkChecksum(dst_.data(), dst_.size()) == h->payload_checksum
-                  ? Status::OK()
-                  : Status::Corruption("redis value: payload checksum mismatch");
+    const uint64_t sum = payload_checksum != nullptr ? *payload_checksum : ChunkChecksum(dst_.data(), dst_.size());
+    status_ = sum == h->payload_checksum ? Status::OK() : Status::Corruption("redis value: payload checksum mismatch");
     Verified();
   }
 
@@ -158,6 +161,12 @@ struct RangedValue {
   bool mismatch = false;  // a piece came back with another length: not that value (LZ4, or
                           // overwritten or removed meanwhile); read it again with GET
   bool empty = false;     // the first piece came back empty: no such key
+  // The payload's checksum, taken piece by piece while each is still in the CPU's caches
+  // (pieces of one value arrive in order on one connection); `hashed` payload bytes so far.
+  // Without a state, or after a piece out of order, it is computed over the whole at the end.
+  std::unique_ptr<XXH3_state_t, XXH_errorcode (*)(XXH3_state_t*)> hash{nullptr, XXH3_freeState};
+  uint64_t hashed = 0;
+  bool in_order = true;
 };
 
 // One GETRANGE of a value read in pieces: value bytes [off, off + len), received straight into
@@ -194,7 +203,7 @@ class PieceSink final : public BulkSink {
   void ForEachRegion(Fn&& fn) {
     const uint64_t end = off_ + len_;
     if (off_ < kChunkHeaderBytes) {
-      const uint64_t n = std::min<uint64_t>(end, kChunkHeaderBytes) - off_;
+      const uint64_t n = std::min<uint64_t>(len_, kChunkHeaderBytes - off_);
       fn(item_->header().data() + off_, n, 0);
     }
     if (end > kChunkHeaderBytes) {
@@ -203,7 +212,23 @@ class PieceSink final : public BulkSink {
     }
   }
   void Done() {
-    if (--value_->left == 0 && !value_->mismatch && !value_->empty) item_->OnDirect(value_->total);
+    RangedValue& v = *value_;
+    const uint64_t from = std::max<uint64_t>(off_, kChunkHeaderBytes), end = off_ + len_;
+    if (end > from && v.hash && v.in_order) {
+      if (from - kChunkHeaderBytes == v.hashed) {
+        (void)XXH3_64bits_update(v.hash.get(), item_->dst().data() + v.hashed, end - from);
+        v.hashed += end - from;
+      } else {
+        v.in_order = false;
+      }
+    }
+    if (--v.left > 0 || v.mismatch || v.empty) return;
+    if (v.hash && v.in_order && v.hashed == item_->dst().size()) {
+      const uint64_t sum = XXH3_64bits_digest(v.hash.get());
+      item_->FinishDirect(v.total, &sum);
+    } else {
+      item_->FinishDirect(v.total, nullptr);
+    }
   }
 
   ChunkSink* item_;
@@ -430,6 +455,8 @@ void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline,
     if (piece > 0 && len > 2 * piece) {
       ranged[i].total = len;
       ranged[i].commands = ranged[i].left = (len + piece - 1) / piece + 1;
+      ranged[i].hash.reset(XXH3_createState());
+      if (ranged[i].hash && XXH3_64bits_reset(ranged[i].hash.get()) != XXH_OK) ranged[i].hash.reset();
     }
   }
   size_t piece_count = 0;
