@@ -570,7 +570,7 @@ Status MeasureCold(ShapeRun& run, const Options& o, TierId tier, const std::stri
   const uint64_t extent = 4096 + (chunk_bytes + 4095) / 4096 * 4096;
   const uint64_t max_chunks = run.want.back() / ct;
   // Per repetition, kAgreeLoads requests of the bench-tiers loop's size too (the agreement's).
-  constexpr uint64_t kAgreeLoads = 8;
+  constexpr uint64_t kAgreeLoads = 16;
   const uint64_t agree_chunks = std::min<uint64_t>(WorkloadChunks(o, chunk_bytes), max_chunks);
   uint64_t cold_chunks = kAgreeLoads * agree_chunks;
   for (uint64_t t : run.want) cold_chunks += t / ct;
