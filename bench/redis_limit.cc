@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "tiers/redis/redis_client.h"
+#include "tiers/redis/redis_tier.h"
 
 extern char** environ;
 
@@ -159,7 +160,7 @@ Result<RedisRawLimit> MeasureRedisRawLimit(const RedisEndpoint& ep, uint64_t val
       for (uint32_t i = 0; i < values_per_connection; ++i)
         new_keys[c].push_back(key_prefix + ":rawnew:" + new_keys_tag + ":" + std::to_string(c) + ":" + std::to_string(i));
   enum PhaseKind { kSet, kSetNew, kGet, kGetRange };
-  const bool ranged = get_piece_bytes > 0 && value_bytes > 2 * get_piece_bytes;
+  const bool ranged = RedisReadsInPieces(value_bytes, get_piece_bytes);
   for (PhaseKind kind : {kSet, kSetNew, kGet, kGetRange}) {
     if (kind == kSetNew && new_keys_tag.empty()) continue;
     if (kind == kGetRange && !ranged) break;

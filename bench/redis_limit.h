@@ -45,9 +45,8 @@ struct RedisRawLimit {
 //   it has just written faster than one written long ago among many (it is still in the
 //   CPU's caches): a tier that reads what it wrote earlier is compared with raw GETs of
 //   those same keys.
-// - GETRANGE (with get_piece_bytes > 0 and values longer than twice that, as the tier
-//   decides, RedisTierOptions::get_piece_bytes): the same keys as GETRANGEs of
-//   get_piece_bytes, depth values' worth in flight.
+// - GETRANGE (when the tier would read such values in pieces, RedisReadsInPieces): the
+//   same keys as GETRANGEs of get_piece_bytes, depth values' worth in flight.
 Result<RedisRawLimit> MeasureRedisRawLimit(const RedisEndpoint& ep, uint64_t value_bytes, uint32_t connections,
                                            uint32_t depth, uint32_t values_per_connection,
                                            const std::string& key_prefix = "kvtbench",

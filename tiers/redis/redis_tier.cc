@@ -452,7 +452,7 @@ void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline,
     keys[i] = KeyFor(it.id.ns, it.id.key);
     valid.push_back(i);
     const uint64_t len = kChunkHeaderBytes + it.dst.size();
-    if (piece > 0 && len > 2 * piece) {
+    if (RedisReadsInPieces(len, piece)) {
       ranged[i].total = len;
       ranged[i].commands = ranged[i].left = (len + piece - 1) / piece + 1;
       ranged[i].hash.reset(XXH3_createState());
@@ -467,16 +467,19 @@ void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline,
   std::vector<size_t> owner;  // item of each command
   std::vector<uint64_t> value_bytes;
   std::vector<size_t> first_cmd(items.size(), 0);
+  auto get_command = [&](size_t i, BulkSink* sink) {
+    RedisCommand c;
+    c.key = keys[i];
+    c.args = {RedisArg("GET"), RedisArg(keys[i])};
+    c.sink = sink;
+    c.weight = kChunkHeaderBytes + items[i].dst.size();
+    return c;
+  };
   for (size_t i : valid) {
     first_cmd[i] = cmds.size();
     if (ranged[i].commands == 0) {
-      RedisCommand c;
-      c.key = keys[i];
-      c.args = {RedisArg("GET"), RedisArg(keys[i])};
-      c.sink = &sinks[i];
-      c.weight = kChunkHeaderBytes + items[i].dst.size();
-      value_bytes.push_back(c.weight);
-      cmds.push_back(std::move(c));
+      cmds.push_back(get_command(i, &sinks[i]));
+      value_bytes.push_back(cmds.back().weight);
       owner.push_back(i);
       continue;
     }
@@ -546,7 +549,7 @@ void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline,
   };
   std::vector<size_t> again;  // values read in pieces that must be read whole
   for (size_t i : valid) {
-    if (ranged[i].total == 0) {
+    if (ranged[i].commands == 0) {
       const RedisCommand& c = cmds[first_cmd[i]];
       if (Unanswered(c)) unanswered(i, c);
       else settle(i, *c.reply, sinks[i]);
@@ -578,15 +581,12 @@ void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline,
     piece_rereads_.fetch_add(again.size(), std::memory_order_relaxed);
     std::vector<ChunkSink> whole;
     whole.reserve(again.size());
-    std::vector<RedisCommand> retry(again.size());
-    std::vector<uint64_t> retry_bytes(again.size());
-    for (size_t k = 0; k < again.size(); ++k) {
-      const size_t i = again[k];
+    std::vector<RedisCommand> retry;
+    std::vector<uint64_t> retry_bytes;
+    for (size_t i : again) {
       whole.emplace_back(&items[i].id, items[i].dst, i, &on_verified);
-      retry[k].key = keys[i];
-      retry[k].args = {RedisArg("GET"), RedisArg(keys[i])};
-      retry[k].sink = &whole.back();
-      retry[k].weight = retry_bytes[k] = ranged[i].total;
+      retry.push_back(get_command(i, &whole.back()));
+      retry_bytes.push_back(retry.back().weight);
     }
     Run(retry, retry_bytes, deadline);
     for (size_t k = 0; k < again.size(); ++k) {

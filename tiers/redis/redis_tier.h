@@ -90,6 +90,12 @@ struct RedisTierOptions {
 enum class RedisItemResult : uint8_t { kOk, kNotFound, kCorruption, kUnavailable, kInvalid };
 const char* RedisItemResultName(RedisItemResult r);
 
+// Whether Get reads a value of `value_bytes` (header + payload) in GETRANGEs of
+// `piece_bytes` rather than with one GET (RedisTierOptions::get_piece_bytes).
+inline bool RedisReadsInPieces(uint64_t value_bytes, uint64_t piece_bytes) {
+  return piece_bytes > 0 && value_bytes > 2 * piece_bytes;
+}
+
 struct RedisPutItem {
   NamespaceId ns;
   ChunkKey key;
