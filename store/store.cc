@@ -237,10 +237,15 @@ struct Store::Impl {
   }
   void SaveToRedis(NamespaceState& ns, std::span<const ChunkKey> keys);
   void DemoteToRedis(std::unique_lock<std::mutex>& placement, NamespaceState& ns, const ChunkKey& key);
-  // Called with (key index, host slot) for each chunk of a batch's leading run of verified
-  // chunks, as soon as its bytes are checked in its slot and while the rest of the batch is
-  // still arriving (Redis only). A chunk after one that failed is not passed.
-  using EarlyChunk = std::function<void(size_t, SlotId)>;
+  // Chunks of a batch from Redis while the batch is still arriving, each with (key index,
+  // host slot). `verified`: a chunk of the batch's leading run of verified chunks, as soon
+  // as its bytes are checked in its slot (a chunk after one that failed is not passed).
+  // `arrived`, n: the first n payload bytes of a chunk read in pieces are in its slot as
+  // received, NOT yet checked; 0: they no longer hold (it is read again). Either may be empty.
+  struct EarlyChunk {
+    std::function<void(size_t, SlotId)> verified;
+    std::function<void(size_t, SlotId, uint64_t)> arrived;
+  };
   size_t FetchFromRedis(NamespaceState& ns, const std::vector<ChunkKey>& keys, size_t from, size_t to,
                         std::vector<SlotId>* slots, Status* st, std::optional<ChunkKey>* gone,
                         const EarlyChunk* early);
@@ -891,17 +896,20 @@ size_t Store::Impl::FetchFromRedis(NamespaceState& ns, const std::vector<ChunkKe
   }
   if (!items.empty()) {
     std::function<void(size_t)> verified;
+    std::function<void(size_t, uint64_t)> arrived;
     size_t next = 0;  // only the batch's leading run: nothing past a chunk that failed
-    if (early != nullptr && *early)
+    if (early != nullptr && early->verified)
       verified = [&](size_t j) {
         if (j != next) {
           next = SIZE_MAX;
           return;
         }
         ++next;
-        (*early)(from + j, (*slots)[j]);
+        early->verified(from + j, (*slots)[j]);
       };
-    redis->Get(items, RedisDeadline{}, verified);
+    if (early != nullptr && early->arrived)
+      arrived = [&](size_t j, uint64_t n) { early->arrived(from + j, (*slots)[j], n); };
+    redis->Get(items, RedisDeadline{}, verified, arrived);
   }
   size_t ok = 0;
   while (ok < items.size() && items[ok].result == RedisItemResult::kOk) ++ok;
@@ -1242,20 +1250,42 @@ void Store::Impl::RunLoad(Registration& r, const std::vector<ChunkKey>& keys, si
   }
   const size_t first = payloads.size();
   BringUpResult b;
-  // Host engines: a chunk from Redis is copied into the engine as soon as it is verified,
-  // while the values after it are still arriving, all layers at once (the rest go layer by
-  // layer below). What a cancel finds started completes; nothing starts after it.
+  // Host engines: a chunk from Redis is copied into the engine while the values after it
+  // are still arriving (the rest go layer by layer below). A chunk read in pieces has each
+  // whole layer copied as soon as its bytes are in, unchecked, while the layers after it
+  // arrive (in the engine's blocks of this request, which count as loaded only once the
+  // chunk is verified: a chunk that fails is not in chunks_done, so the engine recomputes
+  // those blocks); on verification the layers not copied yet follow. What a cancel finds
+  // started completes; nothing starts after it.
   std::vector<bool> scattered;
+  std::vector<uint32_t> layers_in;  // per chunk: leading layers copied from bytes as received
   EarlyChunk early;
-  if (!r.gpu)
-    early = [&](size_t i, SlotId slot) {
-      if (t.cancel_requested()) return;
-      const Status s = r.mover->Scatter(std::span<const int32_t>(blocks).subspan(uint64_t{i} * bpc, bpc),
-                                        host->SlotAddress(slot) + kChunkPayloadOffset, ns.payload_bytes);
-      if (!s.ok()) return;  // copied again below, where a failure is reported
+  if (!r.gpu) {
+    const uint32_t layers = ns.spec.shape.num_layers;
+    const uint64_t layer_bytes = r.mover->layer_bytes();
+    // Layers [layers_in[i], to) of chunk i from its slot; false when the copy failed.
+    auto copy_layers = [&](size_t i, SlotId slot, uint32_t to) {
+      if (layers_in.size() <= i) layers_in.resize(i + 1, 0);
+      if (to <= layers_in[i]) return true;
+      if (!r.mover->Scatter(std::span<const int32_t>(blocks).subspan(uint64_t{i} * bpc, bpc),
+                            host->SlotAddress(slot) + kChunkPayloadOffset, ns.payload_bytes, layers_in[i],
+                            to - layers_in[i])
+               .ok())
+        return false;  // copied again below, where a failure is reported
+      layers_in[i] = to;
+      return true;
+    };
+    early.arrived = [&, copy_layers, layers, layer_bytes](size_t i, SlotId slot, uint64_t n) {
+      if (n == 0 && i < layers_in.size()) layers_in[i] = 0;
+      if (n == 0 || t.cancel_requested()) return;
+      (void)copy_layers(i, slot, static_cast<uint32_t>(std::min<uint64_t>(n / layer_bytes, layers)));
+    };
+    early.verified = [&, copy_layers, layers](size_t i, SlotId slot) {
+      if (t.cancel_requested() || !copy_layers(i, slot, layers)) return;
       if (scattered.size() <= i) scattered.resize(i + 1, false);
       scattered[i] = true;
     };
+  }
   std::vector<SlotId> slots = BringUp(ns, keys, matched, [&t] { return t.cancel_requested(); }, &b, first, &early);
   Status st = b.status.ok() ? Status::OK() : b.status.WithContext("load: ");
   uint32_t done = static_cast<uint32_t>(first + slots.size());

@@ -3,7 +3,9 @@
 // (tests/redis_harness.h), a real host tier and Mover.
 //
 // Every chunk's bytes derive from its key (tests/test_engine.h) and every load checks
-// each byte of the prefix it reports and that it left the rest of the destination alone:
+// each byte of the prefix it reports and, where chunks are read whole, that it left the
+// rest of the destination alone (a chunk read in pieces may be copied in before a failed
+// check: ChunksReadInPiecesLandLayerByLayer):
 // whatever Redis does — lose a chunk, hang, die, fail over, hold corrupt bytes — the
 // engine sees hits or misses, never an error from Redis and never wrong bytes.
 #include <gtest/gtest.h>
@@ -17,6 +19,7 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "index/chunk_key.h"
@@ -265,6 +268,87 @@ TEST_F(RedisStore, CorruptValueIsAMiss) {
   EXPECT_GE(st.redis_misses, 1u);
   // The index forgot it: the next lookup stops before it.
   EXPECT_EQ(c.Lookup(7, 3).matched_chunks, 1u);
+}
+
+// A chunk large enough to be read from Redis in pieces is copied into the engine layer by
+// layer as its bytes arrive, before it is verified. Loads are bit-exact; a load that finds
+// one such chunk corrupt stops before it: the chunks before it are exact, it is not
+// counted (its blocks hold what arrived, which the engine recomputes), and it is a miss
+// from then on.
+TEST_F(RedisStore, ChunksReadInPiecesLandLayerByLayer) {
+  RedisServer server;
+  ASSERT_TRUE(server.Start(dir()));
+  NamespaceSpec spec;
+  spec.model.name = "test/redis-pieces";
+  spec.model.revision = "r1";
+  spec.shape.num_layers = 6;
+  spec.shape.num_kv_heads = 4;
+  spec.shape.head_dim = 64;
+  spec.shape.dtype = DType::kFloat16;
+  spec.shape.chunk_tokens = 64;  // 64 KiB a layer, 384 KiB a chunk
+  constexpr uint32_t kChunks = 4, kBlockTok = 16, kChunkBlocks = 64 / kBlockTok;
+  const uint64_t payload = ChunkPayloadBytes(spec.shape);
+  TestEngine engine(spec.shape, kBlockTok, 2 * kChunks * kChunkBlocks);
+  StoreConfig config = RedisStoreConfig({server.addr()}, 0);
+  config.host_capacity_bytes = kChunks * (kChunkPayloadOffset + payload);  // one prompt
+  config.redis.get_piece_bytes = 64 << 10;  // 7 pieces a chunk; every layer but the last ends mid-piece
+  Result<std::unique_ptr<Store>> store = Store::Open(config);
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  Result<NamespaceHandle> ns = (*store)->RegisterNamespace(spec, engine.layout);
+  ASSERT_TRUE(ns.ok()) << ns.status().ToString();
+  const std::vector<int32_t> src = Blocks(0, kChunks * kChunkBlocks), dst = Blocks(kChunks * kChunkBlocks, kChunks * kChunkBlocks);
+  auto save = [&](uint32_t id) {
+    const std::vector<int32_t> tokens = Prompt(id, kChunks * spec.shape.chunk_tokens);
+    FillPrompt(engine, KeysOf(spec, tokens), src);
+    Result<Ticket> t = (*store)->Save(*ns, tokens, src);
+    ASSERT_TRUE(t.ok()) << t.status().ToString();
+    ASSERT_TRUE(t->Wait(kTicketTimeout).ok()) << t->status().ToString();
+  };
+  auto load = [&](uint32_t id) {
+    for (int32_t b : dst) engine.Zero(static_cast<uint32_t>(b));
+    Result<Ticket> t = (*store)->Load(*ns, Prompt(id, kChunks * spec.shape.chunk_tokens), dst);
+    EXPECT_TRUE(t.ok()) << t.status().ToString();
+    if (!t.ok()) return std::pair<Status, uint32_t>(t.status(), 0);
+    (void)t->Wait(kTicketTimeout);  // the load's own status is returned
+    EXPECT_TRUE(t->done());
+    return std::pair<Status, uint32_t>(t->status(), t->chunks_done());
+  };
+  const std::vector<int32_t> tokens = Prompt(1, kChunks * spec.shape.chunk_tokens);
+  const std::vector<ChunkKey> keys = KeysOf(spec, tokens);
+  save(1);
+  save(2);  // pushes prompt 1 out of host: it is in Redis only
+  Result<LookupResult> lr = (*store)->Lookup(*ns, tokens);
+  ASSERT_TRUE(lr.ok() && lr->matched_chunks == kChunks);
+  ASSERT_EQ(lr->chunk_tiers[0], TierId::kRedis);
+  auto [st, done] = load(1);
+  EXPECT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(done, kChunks);
+  EXPECT_TRUE(HoldsPrompt(engine, keys, dst, kChunks));
+
+  save(3);  // prompt 1 out of host again; then one byte of chunk 2's last layer changes in Redis
+  RedisTierOptions ro;
+  ro.seeds = {server.addr()};
+  ro.key_prefix = config.redis.key_prefix;
+  Result<std::unique_ptr<RedisTier>> tier = RedisTier::Open(ro);
+  ASSERT_TRUE(tier.ok()) << tier.status().ToString();
+  const std::string key2 = (*tier)->KeyFor(ComputeNamespaceId(spec), keys[2]);
+  ASSERT_EQ((*store)->Lookup(*ns, tokens)->chunk_tiers[2], TierId::kRedis);
+  ASSERT_EQ(server.Cli({"SETRANGE", key2, std::to_string(kChunkHeaderBytes + payload - 100), "Z"}),
+            std::to_string(kChunkHeaderBytes + payload));
+  const uint64_t corrupt_before = (*store)->Stats().redis_corrupt_chunks;
+  std::tie(st, done) = load(1);
+  EXPECT_FALSE(st.ok());
+  EXPECT_EQ(done, 2u) << st.ToString();
+  EXPECT_TRUE(HoldsPrompt(engine, keys, dst, 2));
+  // Chunk 2's first layers were copied as they arrived, before the checksum failed: the
+  // early path ran (its first block's layer 0 holds its bytes; the ticket does not count it).
+  const uint8_t* first = engine.Part(0, 0, static_cast<uint32_t>(dst[2 * kChunkBlocks]));
+  uint64_t differ = 0;
+  for (uint64_t i = 0; i < engine.block_bytes; ++i) differ += first[i] != TestEngine::Expected(keys[2].lo, 0, 0, i);
+  EXPECT_EQ(differ, 0u);
+  EXPECT_EQ((*store)->Stats().redis_corrupt_chunks, corrupt_before + 1);
+  EXPECT_EQ(server.Cli({"EXISTS", key2}), "0");
+  EXPECT_EQ((*store)->Lookup(*ns, tokens)->matched_chunks, 2u);
 }
 
 // Two Stores in two processes, no shared index: one saves, the other finds and loads the

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -381,8 +382,17 @@ TEST(RedisTierStandalone, RangedReadsRoundTripAndFallBackToOneGet) {
   std::vector<std::vector<uint8_t>> dst;
   std::vector<RedisGetItem> gets = GetsInto(c, &dst);
   std::vector<int> verified(c.size(), 0);
+  // What on_arrived said per item; for the chunks stored intact, the bytes it named must be
+  // the chunk's by then.
+  std::vector<std::vector<uint64_t>> arrived(c.size());
+  std::vector<int> early_wrong(c.size(), 0);
   const RedisTierStats before = tier->Stats();
-  tier->Get(gets, {}, [&](size_t i) { ++verified[i]; });
+  tier->Get(
+      gets, {}, [&](size_t i) { ++verified[i]; },
+      [&](size_t i, uint64_t n) {
+        arrived[i].push_back(n);
+        if ((i == 0 || i == 7) && std::memcmp(dst[i].data(), c[i].payload.data(), n) != 0) ++early_wrong[i];
+      });
   const RedisItemResult want[] = {RedisItemResult::kOk,         RedisItemResult::kNotFound, RedisItemResult::kOk,
                                   RedisItemResult::kCorruption, RedisItemResult::kCorruption, RedisItemResult::kOk,
                                   RedisItemResult::kCorruption, RedisItemResult::kOk,  RedisItemResult::kCorruption};
@@ -394,6 +404,32 @@ TEST(RedisTierStandalone, RangedReadsRoundTripAndFallBackToOneGet) {
     }
   }
   EXPECT_NE(gets[3].status.message().find("checksum"), std::string::npos) << gets[3].status.ToString();
+  // on_arrived: growing prefixes of the values read in pieces, each piece in place; a 0 before
+  // a value is read again whole; nothing for values read with one GET, absent or not strings.
+  for (size_t i = 0; i < c.size(); ++i) {
+    const std::vector<uint64_t>& a = arrived[i];
+    EXPECT_EQ(early_wrong[i], 0) << i;
+    for (size_t j = 1; j < a.size(); ++j)
+      EXPECT_TRUE(a[j] == 0 || a[j] > a[j - 1]) << i << " reported a prefix that did not grow";
+    for (uint64_t n : a) EXPECT_LE(n, c[i].payload.size()) << i;
+  }
+  for (size_t i : {0, 7}) {
+    ASSERT_FALSE(arrived[i].empty()) << i;
+    EXPECT_EQ(arrived[i].back(), c[i].payload.size()) << i;
+    EXPECT_EQ(std::count(arrived[i].begin(), arrived[i].end(), 0u), 0) << i;
+    // A report per piece: the 128-byte header takes the front of the first.
+    EXPECT_EQ(arrived[i].size(), (kChunkHeaderBytes + c[i].payload.size() + o.get_piece_bytes - 1) / o.get_piece_bytes)
+        << i;
+  }
+  for (size_t i : {1, 2, 6, 8}) EXPECT_TRUE(arrived[i].empty()) << i << ": " << arrived[i].size() << " reports";
+  for (size_t i : {3, 4}) {  // reported, then found wrong and read again
+    ASSERT_GE(arrived[i].size(), 2u) << i;
+    EXPECT_EQ(arrived[i].back(), 0u) << i;
+  }
+  EXPECT_EQ(arrived[3].end()[-2], c[3].payload.size());  // every piece came; the checksum failed
+  if (!arrived[5].empty()) {
+    EXPECT_EQ(arrived[5].back(), 0u);  // LZ4: its first pieces may be full
+  }
   const RedisTierStats after = tier->Stats();
   EXPECT_EQ(after.piece_rereads - before.piece_rereads, 4u);  // 3, 4, 5 and 8 (the list fails at once)
   EXPECT_EQ(after.hits - before.hits, 4u);
@@ -439,15 +475,20 @@ TEST(RedisTierStandalone, RangedReadOfAValueOverwrittenMeanwhileIsNeverMixed) {
     }
   });
   std::vector<uint8_t> dst(a.payload.size());
-  int mixed = 0, not_ok = 0;
+  int mixed = 0, not_ok = 0, taken_back = 0, out_of_step = 0;
   constexpr int kReads = 50;
   for (int n = 0; n < kReads; ++n) {
     RedisGetItem g;
     g.id = a.Id();
     g.dst = dst;
-    reader->Get(std::span<RedisGetItem>(&g, 1));
+    // A read that met a write reported the torn bytes as they came, then took them back (0)
+    // before reading the value whole; one that did not ends with the whole payload.
+    std::vector<uint64_t> arrived;
+    reader->Get(std::span<RedisGetItem>(&g, 1), {}, nullptr, [&](size_t, uint64_t k) { arrived.push_back(k); });
     if (g.result != RedisItemResult::kOk) ++not_ok;
     else if (dst != a.payload && dst != b.payload) ++mixed;
+    if (!arrived.empty() && arrived.back() == 0) ++taken_back;
+    else if (arrived.empty() || arrived.back() != dst.size()) ++out_of_step;
   }
   stop = true;
   w.join();
@@ -458,6 +499,8 @@ TEST(RedisTierStandalone, RangedReadOfAValueOverwrittenMeanwhileIsNeverMixed) {
   const uint64_t rereads = reader->Stats().piece_rereads;
   std::printf("reads read again whole: %llu of %d\n", static_cast<unsigned long long>(rereads), kReads);
   EXPECT_GT(rereads, 0u);
+  EXPECT_EQ(static_cast<uint64_t>(taken_back), rereads);
+  EXPECT_EQ(out_of_step, 0);
 }
 
 TEST(RedisTierStandalone, ValueUnderAnotherKeyIsAMiss) {

@@ -28,8 +28,9 @@ bool Unanswered(const RedisCommand& c) { return !c.status.ok() || !c.reply; }
 class ChunkSink final : public BulkSink {
  public:
   ChunkSink(const ChunkIdentity* id, std::span<uint8_t> dst, size_t index,
-            const std::function<void(size_t)>* on_verified)
-      : id_(id), dst_(dst), index_(index), on_verified_(on_verified) {}
+            const std::function<void(size_t)>* on_verified,
+            const std::function<void(size_t, uint64_t)>* on_arrived = nullptr)
+      : id_(id), dst_(dst), index_(index), on_verified_(on_verified), on_arrived_(on_arrived) {}
 
   // An uncompressed value (header + payload of the destination's size) is received with
   // its header in header_ and its payload straight into dst, then checked there. Any other
@@ -135,6 +136,10 @@ class ChunkSink final : public BulkSink {
   void Verified() const {
     if (status_.ok() && on_verified_ != nullptr && *on_verified_) (*on_verified_)(index_);
   }
+  // dst's first n payload bytes are in as received (unchecked); 0: none of them hold any more.
+  void Arrived(uint64_t n) const {
+    if (on_arrived_ != nullptr && *on_arrived_) (*on_arrived_)(index_, n);
+  }
   bool called() const { return called_; }
   uint64_t bytes() const { return bytes_; }
   const Status& status() const { return status_; }
@@ -147,6 +152,7 @@ class ChunkSink final : public BulkSink {
   std::span<uint8_t> dst_;
   size_t index_;
   const std::function<void(size_t)>* on_verified_;
+  const std::function<void(size_t, uint64_t)>* on_arrived_;
   std::array<uint8_t, kChunkHeaderBytes> header_{};  // a direct value's header
   bool called_ = false;
   uint64_t bytes_ = 0;
@@ -161,12 +167,15 @@ struct RangedValue {
   bool mismatch = false;  // a piece came back with another length: not that value (LZ4, or
                           // overwritten or removed meanwhile); read it again with GET
   bool empty = false;     // the first piece came back empty: no such key
-  // The payload's checksum, taken piece by piece while each is still in the CPU's caches
-  // (pieces of one value arrive in order on one connection); `hashed` payload bytes so far.
-  // Without a state, or after a piece out of order, it is computed over the whole at the end.
+  // `arrived`: the payload bytes in place from the front, while pieces come in order (they
+  // do: a value's pieces go on one connection), reported to on_arrived as they grow. Its
+  // checksum is taken piece by piece along with it, while each piece is still in the CPU's
+  // caches. Without a hash state, or after a piece out of order, the checksum is computed
+  // over the whole at the end.
   std::unique_ptr<XXH3_state_t, XXH_errorcode (*)(XXH3_state_t*)> hash{nullptr, XXH3_freeState};
-  uint64_t hashed = 0;
+  uint64_t arrived = 0;
   bool in_order = true;
+  bool told = false;  // on_arrived has been called for it
 };
 
 // One GETRANGE of a value read in pieces: value bytes [off, off + len), received straight into
@@ -214,16 +223,20 @@ class PieceSink final : public BulkSink {
   void Done() {
     RangedValue& v = *value_;
     const uint64_t from = std::max<uint64_t>(off_, kChunkHeaderBytes), end = off_ + len_;
-    if (end > from && v.hash && v.in_order) {
-      if (from - kChunkHeaderBytes == v.hashed) {
-        (void)XXH3_64bits_update(v.hash.get(), item_->dst().data() + v.hashed, end - from);
-        v.hashed += end - from;
+    if (end > from && v.in_order) {
+      if (from - kChunkHeaderBytes == v.arrived) {
+        if (v.hash) (void)XXH3_64bits_update(v.hash.get(), item_->dst().data() + v.arrived, end - from);
+        v.arrived += end - from;
+        if (!v.mismatch && !v.empty) {
+          item_->Arrived(v.arrived);
+          v.told = true;
+        }
       } else {
         v.in_order = false;
       }
     }
     if (--v.left > 0 || v.mismatch || v.empty) return;
-    if (v.hash && v.in_order && v.hashed == item_->dst().size()) {
+    if (v.hash && v.in_order && v.arrived == item_->dst().size()) {
       const uint64_t sum = XXH3_64bits_digest(v.hash.get());
       item_->FinishDirect(v.total, &sum);
     } else {
@@ -417,7 +430,8 @@ Status RedisTier::Put(std::span<RedisPutItem> items, RedisDeadline deadline) {
 }
 
 void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline,
-                    const std::function<void(size_t)>& on_verified) {
+                    const std::function<void(size_t)>& on_verified,
+                    const std::function<void(size_t, uint64_t)>& on_arrived) {
   uint64_t total = 0;
   for (const RedisGetItem& it : items) total += it.dst.size();
   deadline = DeadlineOr(deadline, total);
@@ -442,7 +456,7 @@ void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline,
   std::vector<size_t> valid;
   for (size_t i = 0; i < items.size(); ++i) {
     RedisGetItem& it = items[i];
-    sinks.emplace_back(&it.id, it.dst, i, &on_verified);
+    sinks.emplace_back(&it.id, it.dst, i, &on_verified, &on_arrived);
     if (it.dst.size() != ChunkPayloadBytes(it.id.shape) || (it.dst.data() == nullptr && !it.dst.empty())) {
       it.result = RedisItemResult::kInvalid;
       it.status = Status::InvalidArgument("redis tier get: destination is " + std::to_string(it.dst.size()) +
@@ -584,6 +598,7 @@ void RedisTier::Get(std::span<RedisGetItem> items, RedisDeadline deadline,
     std::vector<RedisCommand> retry;
     std::vector<uint64_t> retry_bytes;
     for (size_t i : again) {
+      if (ranged[i].told) sinks[i].Arrived(0);  // the GET below rewrites dst
       whole.emplace_back(&items[i].id, items[i].dst, i, &on_verified);
       retry.push_back(get_command(i, &whole.back()));
       retry_bytes.push_back(retry.back().weight);

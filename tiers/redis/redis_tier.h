@@ -21,7 +21,9 @@
 // still in the reader's buffer (or, when large, once received into the destination); an
 // uncompressed payload is then copied and checksummed block by block (one pass), an LZ4
 // payload is checksummed before it is decompressed into the destination. A destination may
-// hold scratch after a non-kOk outcome.
+// hold scratch after a non-kOk outcome. A caller may follow a value read in pieces as it
+// arrives (Get's on_arrived) to start using its bytes early at its own risk; only
+// on_verified, and kOk, say they are right.
 //
 // A CircuitBreaker (circuit_breaker.h) guards every call: a call with any unanswered item
 // is a failure, a fully answered one a success. While open, Get/Exists return misses
@@ -154,10 +156,16 @@ class RedisTier {
   // Loads each item into its dst (see the file comment for the outcomes). `on_verified`,
   // when given, is called with an item's index as soon as its bytes are in dst and have
   // passed every check (the item will be kOk), on the calling thread, before Get returns:
-  // the caller can use that item while the values after it are still arriving. It must
-  // not call into this tier.
+  // the caller can use that item while the values after it are still arriving.
+  // `on_arrived`, when given, is called with (index, n) as a value read in pieces arrives:
+  // dst's first n bytes hold the payload as received, NOT yet checked, and stay as they are
+  // unless a later call for the index says 0 (the value is read again: nothing reported
+  // before holds). n grows from call to call. It lets a caller start copying a large value
+  // on while the rest of it arrives, provided it uses nothing before on_verified. Neither
+  // callback may call into this tier.
   void Get(std::span<RedisGetItem> items, RedisDeadline deadline = {},
-           const std::function<void(size_t)>& on_verified = nullptr);
+           const std::function<void(size_t)>& on_verified = nullptr,
+           const std::function<void(size_t, uint64_t)>& on_arrived = nullptr);
   // One EXISTS per item, pipelined: one round trip per node. All false when unavailable.
   void Exists(std::span<RedisExistsItem> items, RedisDeadline deadline = {});
   // Best effort DEL.
