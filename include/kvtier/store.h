@@ -14,10 +14,11 @@
 // change (save) or read (load) those blocks until the ticket is done. A ticket may
 // complete partially: chunks_done() leading chunks succeeded and the rest should be
 // recomputed. A chunk that fails an identity or checksum check is never counted as
-// loaded. Its blocks may hold bytes all the same: a large chunk read from Redis in pieces
-// is copied into its blocks layer by layer as it arrives, ahead of its checksum, so that
-// copying overlaps the network; when the check then fails, the ticket stops before that
-// chunk and its blocks are the engine's to recompute, as for any chunk past chunks_done.
+// loaded. The blocks of any chunk past chunks_done may have been written all the same: a
+// large chunk read from Redis in pieces is copied into its blocks layer by layer as it
+// arrives, ahead of its checksum, so that copying overlaps the network; when it then fails
+// its check, goes missing or unreachable partway, or the load is cancelled, the ticket
+// stops before it and those blocks are the engine's to recompute.
 //
 // Thread-safety: every Store method may be called from any thread. A Ticket is used by
 // one thread at a time (Cancel may come from any thread).
