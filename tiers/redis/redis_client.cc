@@ -239,6 +239,9 @@ class RedisClient::Connection {
  private:
   static constexpr size_t kLineRead = 4096;              // bytes per read() while a reply's first line is awaited
   static constexpr uint64_t kDirectMinBytes = 64 << 10;  // smaller bulk replies go through the reader
+  // While a direct read waits, poll() reports the socket readable only once this many bytes
+  // of the value are in (SO_RCVLOWAT), instead of for every 64 KiB the server writes.
+  static constexpr uint64_t kWakeBytes = 512 << 10;
 
   enum class DirectStep { kNotDirect, kNeedBytes, kDone };
 
@@ -316,8 +319,13 @@ class RedisClient::Connection {
       if (errno == EINTR) continue;
       if (errno != EAGAIN && errno != EWOULDBLOCK)
         return Fail(Status::IOError("redis " + addr_ + ": read: " + ErrnoText(errno)));
+      // Wake up once kWakeBytes (or the rest of the value, which is on its way) are in, not
+      // for every segment that lands: on a machine with few cores the wakeups and the reads
+      // they cost compete with the server for the CPU.
+      SetLowWater(static_cast<int>(std::min<uint64_t>(left, kWakeBytes)));
       KVTIER_RETURN_IF_ERROR(Wait(POLLIN));
     }
+    SetLowWater(1);
     // The value's trailing CRLF.
     while (reader_->len - reader_->pos < 2) KVTIER_RETURN_IF_ERROR(FillReader(kLineRead, received));
     if (reader_->buf[reader_->pos] != '\r' || reader_->buf[reader_->pos + 1] != '\n')
@@ -382,6 +390,14 @@ class RedisClient::Connection {
     broken_ = true;
     return s;
   }
+  // SO_RCVLOWAT: poll() reports the socket readable once this many bytes are in (Linux caps
+  // it to what the receive buffer allows; where it is not honoured, poll wakes as before). It
+  // is raised only while the rest of a value is awaited, and is 1 again before any other
+  // wait, so a wait never asks for bytes that may not come.
+  void SetLowWater(int bytes) {
+    if (bytes == lowat_) return;
+    if (::setsockopt(fd_, SOL_SOCKET, SO_RCVLOWAT, &bytes, sizeof bytes) == 0) lowat_ = bytes;
+  }
 
   int fd_;
   std::string addr_;
@@ -391,6 +407,7 @@ class RedisClient::Connection {
   RedisDeadline deadline_{};
   uint64_t direct_replies_ = 0;  // replies received straight into a sink's buffers
   bool broken_ = false;
+  int lowat_ = 1;  // the socket's SO_RCVLOWAT
 };
 
 // ---- nodes and their pools ---------------------------------------------------------------

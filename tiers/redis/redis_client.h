@@ -7,7 +7,7 @@
 // into a buffer); replies are parsed by hiredis's redisReader with reply-object functions of
 // our own. A large bulk string for a command with a BulkSink bypasses the reader: it is
 // read from the socket straight into the sink's buffers (no user-space copy; the sink then
-// verifies it in place). A smaller one is handed to the sink while it is still in the
+// verifies it in place), waking once 512 KiB or the rest of it has arrived (SO_RCVLOWAT). A smaller one is handed to the sink while it is still in the
 // reader's buffer instead of being copied into a reply object first.
 //
 // Flow: a node's commands go out as one pipeline; with max_in_flight_bytes, as a sliding
